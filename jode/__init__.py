@@ -1,0 +1,27 @@
+"""jode: differential equations for machine-learning research, on JAX.
+
+    sol = jode.solve(f, y0, t0, t1, args=p, solver=jode.Tsit5(), saveat=ts)
+"""
+
+from .ode.adjoint import AbstractAdjoint as AbstractAdjoint
+from .ode.adjoint import DirectAdjoint as DirectAdjoint
+from .ode.adjoint import ForwardMode as ForwardMode
+from .ode.control import ConstantStep as ConstantStep
+from .ode.control import PIDController as PIDController
+from .ode.explicit import RK4 as RK4
+from .ode.explicit import Bosh3 as Bosh3
+from .ode.explicit import Dopri5 as Dopri5
+from .ode.explicit import Dopri8 as Dopri8
+from .ode.explicit import Euler as Euler
+from .ode.explicit import ExplicitRK as ExplicitRK
+from .ode.explicit import Heun as Heun
+from .ode.explicit import Midpoint as Midpoint
+from .ode.explicit import Ralston as Ralston
+from .ode.explicit import Tsit5 as Tsit5
+from .ode.solution import Solution as Solution
+from .ode.solution import Status as Status
+from .ode.solve import SaveAt as SaveAt
+from .ode.solve import solve as solve
+from .ode.tableaus import ButcherTableau as ButcherTableau
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""jode's numerical core: Runge-Kutta solvers, step control, adjoints and `solve`."""

@@ -1,0 +1,450 @@
+"""`solve`: check -> init -> step loop -> save.
+
+The state pytree is raveled once into a flat vector, so the loop carries a handful of
+arrays whatever the user's structure. Adaptive solves run a `lax.while_loop` (or the
+adjoint's reverse-differentiable loop); constant steps with a step count known before
+tracing run a `lax.scan`, which every JAX transformation differentiates.
+
+Saving at requested times never shortens a step: after each accepted step the save times
+inside it are filled from that step's dense-output polynomial, up to `SAVE_WINDOW` at a time
+with one vectorized evaluation and an in-place scatter; a step spanning more save times
+is drained over further loop iterations that take no step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from . import checks
+from .adjoint import AbstractAdjoint, DirectAdjoint
+from .control import ConstantStep, PIDController, initial_step, pid_update, scaled_error
+from .explicit import EXPLICIT_SOLVERS, Tsit5
+from .interpolation import evaluate_steps, horner
+from .solution import Solution, Status, status_messages
+
+SAVE_WINDOW = 4
+
+
+class SaveAt(eqx.Module):
+    """What to save.
+
+    Args:
+        ts: times at which to save (strictly monotone in the direction of integration,
+            inside [t0, t1]); interpolated from the step's dense output.
+        t1: save the final state (the default when nothing else is asked for).
+        steps: save every accepted step (arrays of length max_steps + 1, padded with inf).
+        dense: keep every step's interpolant for `Solution.evaluate`.
+    """
+
+    ts: jax.Array | None = None
+    t1: bool = False
+    steps: bool = False
+    dense: bool = False
+
+
+class _Carry(NamedTuple):
+    t: jax.Array
+    y: jax.Array
+    fy: jax.Array
+    h: jax.Array
+    prev_inv: jax.Array
+    steps: jax.Array
+    accepted: jax.Array
+    rejected: jax.Array
+    status: jax.Array
+    last_t: jax.Array
+    last_h: jax.Array
+    last_coeffs: jax.Array | None
+    pending: jax.Array
+    save_idx: jax.Array
+    ys: jax.Array | None
+    step_ts: jax.Array | None
+    step_ys: jax.Array | None
+    dense_coeffs: jax.Array | None
+
+
+class _Problem(NamedTuple):
+    """Everything static or traced that the loop body needs, besides the carry."""
+
+    f: object  # flat vector field (t, y, args) -> dy
+    solver: object
+    controller: object
+    adaptive: bool
+    t1: jax.Array
+    direction: jax.Array
+    rtol: jax.Array
+    atol: jax.Array
+    ts: jax.Array | None
+    jump_ts: jax.Array | None
+    max_steps: int
+
+
+def _coeff_degree(solver, y):
+    probe = jax.eval_shape(
+        lambda y: solver.step(lambda t, y: y, jnp.zeros((), y.dtype), y, y, jnp.ones((), y.dtype)).coeffs, y
+    )
+    return probe.shape[0]
+
+
+def _write(buf, idx, value, do):
+    """buf[idx] = value where `do`, as an in-place scatter (out-of-range index: no write)."""
+    idx = jnp.where(do, idx, buf.shape[0])
+    return buf.at[idx].set(value, mode="drop")
+
+
+def _body(prob: _Problem, args, c: _Carry) -> _Carry:
+    d, t1 = prob.direction, prob.t1
+    f = lambda t, y: prob.f(t, y, args)  # noqa: E731
+    can_step = ~c.pending & (d * c.t < d * t1) & (c.steps < prob.max_steps)
+
+    # Step to t1 exactly at the end, and to the next jump time if there is one.
+    h = c.h
+    t_end = c.t + h
+    hit_t1 = d * t_end >= d * t1
+    t_end = jnp.where(hit_t1, t1, t_end)
+    at_jump = jnp.zeros((), bool)
+    if prob.jump_ts is not None:
+        later = jnp.where(d * prob.jump_ts > d * c.t, d * prob.jump_ts, jnp.inf)
+        next_jump = d * jnp.min(later)
+        at_jump = d * t_end >= d * next_jump
+        t_end = jnp.where(at_jump, next_jump, t_end)
+    h = t_end - c.t
+
+    res = prob.solver.step(f, c.t, c.y, c.fy, h)
+    finite = jnp.all(jnp.isfinite(res.y1))
+    if prob.adaptive:
+        err = scaled_error(res.error, c.y, res.y1, prob.rtol, prob.atol)
+        err = jnp.where(finite & res.ok, err, jnp.inf)
+        accept, h_next, prev_inv = pid_update(
+            prob.controller, prob.solver.error_order, err, h, c.prev_inv
+        )
+        dtmin = prob.controller.dtmin
+        tiny = jnp.abs(h_next) <= (0.0 if dtmin is None else dtmin)
+        tiny = tiny | (c.t + h_next == c.t)
+        failure = jnp.where(
+            ~accept & tiny,
+            jnp.where(finite, Status.DT_UNDERFLOW, Status.NONFINITE),
+            Status.SUCCESS,
+        )
+    else:
+        accept, h_next, prev_inv = finite, c.h, c.prev_inv
+        failure = jnp.where(finite, Status.SUCCESS, Status.NONFINITE)
+
+    take = can_step & accept
+    f1 = res.f1
+    if prob.jump_ts is not None:
+        # The vector field may jump at a jump time: the carried f must be the right limit.
+        f1 = jnp.where(at_jump, f(t_end, res.y1), f1)
+    new = dict(
+        t=jnp.where(take, t_end, c.t),
+        y=jnp.where(take, res.y1, c.y),
+        fy=jnp.where(take, f1, c.fy),
+        h=jnp.where(can_step, h_next, c.h),
+        prev_inv=jnp.where(can_step, prev_inv, c.prev_inv),
+        steps=c.steps + can_step,
+        accepted=c.accepted + take,
+        rejected=c.rejected + (can_step & ~accept),
+        status=jnp.where(can_step, failure.astype(c.status.dtype), c.status),
+    )
+    if c.step_ts is not None:
+        new["step_ts"] = _write(c.step_ts, c.accepted + 1, t_end, take)
+        new["step_ys"] = _write(c.step_ys, c.accepted + 1, res.y1, take)
+    if c.dense_coeffs is not None:
+        new["dense_coeffs"] = _write(c.dense_coeffs, c.accepted, res.coeffs, take)
+    if c.ys is not None:
+        last_t = jnp.where(take, c.t, c.last_t)
+        last_h = jnp.where(take, h, c.last_h)
+        last_coeffs = jnp.where(take, res.coeffs, c.last_coeffs)
+        ys, save_idx, pending = _drain_saves(prob, c.ys, c.save_idx, last_t, last_h, last_coeffs)
+        new.update(
+            last_t=last_t, last_h=last_h, last_coeffs=last_coeffs, ys=ys,
+            save_idx=save_idx, pending=pending,
+        )
+    return c._replace(**new)
+
+
+def _drain_saves(prob, ys, save_idx, last_t, last_h, coeffs):
+    """Fill up to SAVE_WINDOW save times inside the last accepted step."""
+    d, ts = prob.direction, prob.ts
+    n_save = ts.shape[0]
+    window = save_idx + jnp.arange(SAVE_WINDOW)
+    t_win = ts[jnp.minimum(window, n_save - 1)]
+    t_stop = last_t + last_h
+    inside = (window < n_save) & (d * t_win <= d * t_stop)
+    safe_h = jnp.where(last_h == 0, 1, last_h)
+    theta = (t_win - last_t) / safe_h
+    values = horner(coeffs, theta[:, None])
+    ys = ys.at[jnp.where(inside, window, n_save)].set(values, mode="drop")
+    save_idx = save_idx + jnp.sum(inside, dtype=save_idx.dtype)
+    pending = (save_idx < n_save) & (d * ts[jnp.minimum(save_idx, n_save - 1)] <= d * t_stop)
+    return ys, save_idx, pending
+
+
+def _cond(prob: _Problem, c: _Carry):
+    stepping = (prob.direction * c.t < prob.direction * prob.t1) & (c.steps < prob.max_steps)
+    return (c.pending | stepping) & (c.status == Status.SUCCESS)
+
+
+def _flatten_tol(tol, y0, dtype):
+    leaves = jax.tree.leaves(tol)
+    if len(leaves) == 1 and jnp.ndim(leaves[0]) == 0:
+        return jnp.asarray(leaves[0], dtype)
+    try:
+        full = jax.tree.map(lambda t, y: jnp.broadcast_to(jnp.asarray(t, dtype), jnp.shape(y)), tol, y0)
+    except ValueError as exc:
+        raise ValueError(
+            "rtol/atol must be scalars or pytrees shaped like y0 (per-component tolerances)"
+        ) from exc
+    return ravel_pytree(full)[0]
+
+
+def _static_step_count(t0, t1, dt0, n_steps):
+    if n_steps is not None:
+        return n_steps
+    t0c, t1c, dtc = checks._concrete(t0), checks._concrete(t1), checks._concrete(dt0)
+    if t0c is None or t1c is None or dtc is None:
+        return None
+    return max(1, math.ceil(float((t1c - t0c) / dtc) - 1e-9))
+
+
+def solve(
+    f,
+    y0,
+    t0,
+    t1,
+    args=None,
+    *,
+    solver=None,
+    rtol=1e-6,
+    atol=1e-6,
+    dt0=None,
+    n_steps: int | None = None,
+    saveat=None,
+    dense: bool = False,
+    controller=None,
+    jump_ts=None,
+    adjoint: AbstractAdjoint | None = None,
+    max_steps: int = 4096,
+    backend: str = "jode",
+    throw: bool = True,
+) -> Solution:
+    """Solve dy/dt = f(t, y, args) from y(t0) = y0 to t1.
+
+    Args:
+        f: the vector field f(t, y, args) (diffrax's convention); y any pytree of arrays.
+        y0: initial state, a pytree of floating arrays.
+        t0, t1: the interval; t1 < t0 integrates backwards in time.
+        args: anything f needs (parameters, networks); differentiable.
+        solver: a jode solver instance, default `jode.Tsit5()`.
+        rtol, atol: tolerances of the adaptive controller (scalars or pytrees like y0).
+        dt0: initial step (adaptive) or the constant step. Chosen automatically for
+            adaptive solvers when omitted (Hairer-Nørsett-Wanner).
+        n_steps: constant steps of size (t1 - t0)/n_steps (instead of dt0).
+        saveat: an array of save times, or a `jode.SaveAt`; default: t1 only.
+        dense: keep dense output for `Solution.evaluate`.
+        controller: `jode.PIDController(...)` (default for solvers with an error estimate)
+            or `jode.ConstantStep()`.
+        jump_ts: times where f is discontinuous; steps land on them exactly.
+        adjoint: how gradients flow: `jode.DirectAdjoint()` (default),
+            `jode.BacksolveAdjoint()`, `jode.ForwardMode()`.
+        max_steps: bound on the number of steps.
+        backend: "jode" or "diffrax" (the same call carried out by diffrax).
+        throw: raise on failure (default); with False, inspect `sol.status`.
+
+    Returns:
+        A `jode.Solution`.
+
+    Raises:
+        ValueError: on bad input, before tracing; and, with `throw=True`, a runtime error
+            naming the failure and a fix.
+
+    Example:
+        >>> sol = jode.solve(lambda t, y, a: -a * y, 1.0, 0.0, 1.0, args=2.0, saveat=ts)
+    """
+    solver = Tsit5() if solver is None else solver
+    adjoint = DirectAdjoint() if adjoint is None else adjoint
+    checks.check_solver(solver, EXPLICIT_SOLVERS)
+    if backend not in ("jode", "diffrax"):
+        raise ValueError(f"backend must be 'jode' or 'diffrax'; got backend={backend!r}")
+    if not isinstance(adjoint, AbstractAdjoint):
+        raise ValueError(
+            f"adjoint must be jode.DirectAdjoint(), jode.BacksolveAdjoint() or "
+            f"jode.ForwardMode(); got {adjoint!r}"
+        )
+    if not isinstance(saveat, SaveAt):
+        saveat = SaveAt(t1=True) if saveat is None else SaveAt(ts=saveat)
+    if dense and not saveat.dense:
+        saveat = SaveAt(ts=saveat.ts, t1=saveat.t1, steps=saveat.steps, dense=True)
+    if saveat.ts is None and not saveat.steps:
+        saveat = SaveAt(t1=True, dense=saveat.dense)
+    checks.check_y0(y0)
+    checks.check_interval(t0, t1, dt0, n_steps, max_steps)
+    checks.check_tolerances(rtol, atol)
+    checks.check_vector_field(f, t0, y0, args)
+    if saveat.ts is not None:
+        checks.check_save_times(saveat.ts, t0, t1)
+    if controller is None:
+        controller = PIDController() if solver.adaptive and dt0 is None and n_steps is None else ConstantStep()
+    if isinstance(controller, PIDController) and not solver.adaptive:
+        raise ValueError(
+            f"{solver!r} has no error estimate, so it cannot adapt its step: pass dt0= or "
+            "n_steps= for constant steps, or use an adaptive solver such as jode.Tsit5()"
+        )
+    if isinstance(controller, ConstantStep) and dt0 is None and n_steps is None:
+        raise ValueError(f"constant steps with {solver!r} need dt0= or n_steps=")
+    if backend == "diffrax":
+        from .diffrax_backend import solve_diffrax
+
+        return solve_diffrax(
+            f, y0, t0, t1, args, solver=solver, rtol=rtol, atol=atol, dt0=dt0,
+            n_steps=n_steps, saveat=saveat, controller=controller, jump_ts=jump_ts,
+            adjoint=adjoint, max_steps=max_steps, throw=throw,
+        )
+    return adjoint.solve(
+        _solve_jode, f, y0, t0, t1, args, solver=solver, rtol=rtol, atol=atol, dt0=dt0,
+        n_steps=n_steps, saveat=saveat, controller=controller, jump_ts=jump_ts,
+        max_steps=max_steps, throw=throw,
+    )
+
+
+def _solve_jode(f, y0, t0, t1, args, *, solver, rtol, atol, dt0, n_steps, saveat,
+                controller, jump_ts, max_steps, throw, loop):
+    """The jode backend; `loop` is the adjoint's while loop (cond, body, init, max_iter)."""
+    y0_flat, unravel = ravel_pytree(y0)
+    dtype = y0_flat.dtype
+
+    def f_flat(t, y, args):
+        return ravel_pytree(f(t, unravel(y), args))[0].astype(dtype)
+
+    t0 = jnp.asarray(t0, dtype)
+    t1 = jnp.asarray(t1, dtype)
+    ts = None if saveat.ts is None else jnp.asarray(saveat.ts, dtype)
+    y0_flat, ts = checks.traced_checks(y0_flat, ts, t0, t1)
+    direction = jnp.where(t1 >= t0, 1, -1).astype(dtype)
+    adaptive = isinstance(controller, PIDController)
+    fy0 = f_flat(t0, y0_flat, args)
+    nfev = jnp.asarray(1, jnp.int32)
+
+    n_static = None if adaptive else _static_step_count(t0, t1, dt0, n_steps)
+    if n_static is not None and jump_ts is None:
+        sol_parts = _scan_constant(solver, f_flat, args, t0, t1, y0_flat, fy0, dt0, n_steps, n_static, saveat, ts, direction)
+    else:
+        if adaptive:
+            if dt0 is None:
+                h0 = initial_step(
+                    lambda t, y: f_flat(t, y, args), t0, y0_flat, fy0, direction,
+                    solver.error_order, _flatten_tol(rtol, y0, dtype), _flatten_tol(atol, y0, dtype),
+                )
+                nfev = nfev + 1
+            else:
+                h0 = jnp.asarray(dt0, dtype)
+        else:
+            h0 = (t1 - t0) / n_steps if n_steps is not None else jnp.asarray(dt0, dtype)
+        h0 = jax.lax.stop_gradient(h0)
+        sol_parts = _while_solve(
+            solver, f_flat, args, controller, adaptive, t0, t1, y0_flat, fy0, h0,
+            rtol, atol, y0, ts, saveat, jump_ts, max_steps, direction, loop,
+        )
+    ts_out, ys_flat, stats, status, dense_ts, dense_coeffs = sol_parts
+    stats["nfev"] = stats["nfev"] + nfev
+    ys = jax.vmap(unravel)(ys_flat)
+    sol = Solution(
+        ts=ts_out, ys=ys, stats=stats, status=status, t0=t0, t1=t1,
+        dense_ts=dense_ts, dense_coeffs=dense_coeffs, unravel=unravel,
+    )
+    if throw:
+        sol = eqx.branched_error_if(
+            sol, status != Status.SUCCESS, status, status_messages(max_steps, repr(solver))
+        )
+    return sol
+
+
+def _scan_constant(solver, f_flat, args, t0, t1, y0, fy0, dt0, n_steps, n, saveat, ts, direction):
+    """Constant steps as a lax.scan: differentiable by every JAX transformation."""
+    dtype = y0.dtype
+    dt = (t1 - t0) / n if n_steps is not None else jnp.asarray(dt0, dtype)
+    idx = jnp.arange(n + 1, dtype=dtype)
+    grid = jnp.where(jnp.arange(n + 1) == n, t1, t0 + idx * dt)
+    keep_coeffs = ts is not None or saveat.dense
+
+    def body(carry, i):
+        y, fy = carry
+        t, t_next = grid[i], grid[i + 1]
+        res = solver.step(lambda t, y: f_flat(t, y, args), t, y, fy, t_next - t)
+        out = (res.y1, res.coeffs if keep_coeffs else None)
+        return (res.y1, res.f1), out
+
+    (y_end, _), (y_steps, coeffs) = jax.lax.scan(body, (y0, fy0), jnp.arange(n))
+    finite = jnp.all(jnp.isfinite(y_end))
+    status = jnp.where(finite, Status.SUCCESS, Status.NONFINITE).astype(jnp.int32)
+    count = jnp.asarray(n, jnp.int32)
+    stats = dict(steps=count, accepted=count, rejected=jnp.zeros((), jnp.int32),
+                 nfev=count * solver.f_evals_per_step)
+    if ts is not None:
+        ys = evaluate_steps(grid, coeffs, count, ts, direction)
+        ts_out = ts
+    elif saveat.steps:
+        ys = jnp.concatenate([y0[None], y_steps])
+        ts_out = grid
+    else:
+        ys, ts_out = y_end[None], t1[None]
+    dense_ts, dense_coeffs = (grid, coeffs) if saveat.dense else (None, None)
+    return ts_out, ys, stats, status, dense_ts, dense_coeffs
+
+
+def _while_solve(solver, f_flat, args, controller, adaptive, t0, t1, y0, fy0, h0, rtol, atol,
+                 y0_tree, ts, saveat, jump_ts, max_steps, direction, loop):
+    dtype = y0.dtype
+    n = y0.shape[0]
+    i32 = lambda v: jnp.asarray(v, jnp.int32)  # noqa: E731
+    prob = _Problem(
+        f=f_flat, solver=solver, controller=controller, adaptive=adaptive, t1=t1,
+        direction=direction, rtol=_flatten_tol(rtol, y0_tree, dtype),
+        atol=_flatten_tol(atol, y0_tree, dtype), ts=ts,
+        jump_ts=None if jump_ts is None else jnp.asarray(jump_ts, dtype), max_steps=max_steps,
+    )
+    degree = _coeff_degree(solver, y0)
+    ys = last_coeffs = step_ts = step_ys = dense_coeffs = None
+    save_idx = i32(0)
+    if ts is not None:
+        at_t0 = ts == t0
+        ys = jnp.where(at_t0[:, None], y0[None], jnp.inf).astype(dtype)
+        save_idx = jnp.sum(at_t0, dtype=jnp.int32)
+        last_coeffs = jnp.zeros((degree, n), dtype)
+    if saveat.steps or saveat.dense:
+        step_ts = jnp.full((max_steps + 1,), jnp.inf, dtype).at[0].set(t0)
+    if saveat.steps:
+        step_ys = jnp.full((max_steps + 1, n), jnp.inf, dtype).at[0].set(y0)
+    if saveat.dense:
+        dense_coeffs = jnp.zeros((max_steps, degree, n), dtype)
+    init = _Carry(
+        t=t0, y=y0, fy=fy0, h=h0, prev_inv=jnp.ones((2,), dtype), steps=i32(0),
+        accepted=i32(0), rejected=i32(0), status=i32(Status.SUCCESS), last_t=t0,
+        last_h=jnp.zeros((), dtype), last_coeffs=last_coeffs, pending=jnp.zeros((), bool),
+        save_idx=save_idx, ys=ys, step_ts=step_ts, step_ys=step_ys, dense_coeffs=dense_coeffs,
+    )
+    max_iter = max_steps + (0 if ts is None else -(-ts.shape[0] // SAVE_WINDOW)) + 1
+    final = loop(
+        lambda c: _cond(prob, c), lambda c, a: _body(prob, a, c), init, args, max_iter
+    )
+    status = jnp.where(
+        (final.status == Status.SUCCESS) & (final.t != t1), Status.MAX_STEPS, final.status
+    ).astype(jnp.int32)
+    extra = final.steps if jump_ts is not None else 0
+    stats = dict(steps=final.steps, accepted=final.accepted, rejected=final.rejected,
+                 nfev=final.steps * solver.f_evals_per_step + extra)
+    if ts is not None:
+        ts_out, ys_out = ts, final.ys
+    elif saveat.steps:
+        ts_out, ys_out = final.step_ts, final.step_ys
+    else:
+        ts_out, ys_out = t1[None], final.y[None]
+    dense_ts = final.step_ts if saveat.dense else None
+    return ts_out, ys_out, stats, status, dense_ts, final.dense_coeffs
+

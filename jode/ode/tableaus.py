@@ -1,0 +1,362 @@
+"""Runge-Kutta methods as data: a validated Butcher tableau and the classic methods.
+
+A method is its tableau (Butcher 2016, *Numerical Methods for ODEs*, §23):
+
+    k_i = f(t + c_i h, y + h Σ_j a_ij k_j),    y_1 = y_0 + h Σ_i b_i k_i,
+
+with an embedded error estimate  e = h Σ_i b_err_i k_i  (b_err = b - b̂) and, where the
+method has one, a continuous extension  y(t_0 + θh) = y_0 + h Σ_i k_i Σ_j P_ij θ^(j+1).
+
+`ButcherTableau` checks itself when built: rows of `a` sum to `c`, weights sum to 1, error
+weights to 0, and every order condition b·Φ(τ) = 1/γ(τ) over the rooted trees τ up to the
+claimed order holds (Hairer, Nørsett & Wanner 1993, *Solving ODEs I*, Thm. II.2.13).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import numpy as np
+
+__all__ = [
+    "ButcherTableau",
+    "rooted_trees",
+    "order_residuals",
+    "EULER",
+    "MIDPOINT",
+    "HEUN",
+    "RALSTON",
+    "RK4",
+    "BOSH3",
+    "DOPRI5",
+    "TSIT5",
+    "DOPRI8",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# Rooted trees and order conditions
+# ---------------------------------------------------------------------------------------
+
+
+@functools.cache
+def rooted_trees(order: int) -> tuple[tuple, ...]:
+    """All rooted trees with `order` vertices, each a sorted tuple of its children's trees.
+
+    The single vertex is `()`. Counts are 1, 1, 2, 4, 9, 20, 48, 115 for orders 1..8
+    (OEIS A000081).
+    """
+    if order == 1:
+        return ((),)
+    trees = set()
+    for children in _forests(order - 1, order - 1):
+        trees.add(tuple(sorted(children)))
+    return tuple(sorted(trees))
+
+
+@functools.cache
+def _forests(total: int, largest: int) -> tuple[tuple, ...]:
+    # Multisets of trees whose sizes sum to `total`, sizes non-increasing (to avoid repeats).
+    if total == 0:
+        return ((),)
+    out = []
+    for size in range(min(total, largest), 0, -1):
+        for tree in rooted_trees(size):
+            for rest in _forests(total - size, size):
+                if rest and _tree_size(rest[0]) == size and rest[0] < tree:
+                    continue
+                out.append((tree, *rest))
+    return tuple(out)
+
+
+@functools.cache
+def _tree_size(tree: tuple) -> int:
+    return 1 + sum(_tree_size(child) for child in tree)
+
+
+@functools.cache
+def _density(tree: tuple) -> int:
+    """γ(τ): the tree's size times the densities of its subtrees."""
+    return _tree_size(tree) * math.prod(_density(child) for child in tree)
+
+
+def _elementary_weight(a: np.ndarray, tree: tuple) -> np.ndarray:
+    """Φ(τ) as a vector over stages: Φ(•) = 1, Φ([τ_1..τ_m]) = Π_k (A Φ(τ_k))."""
+    phi = np.ones(a.shape[0])
+    for child in tree:
+        phi = phi * (a @ _elementary_weight(a, child))
+    return phi
+
+
+def order_residuals(a: np.ndarray, b: np.ndarray, order: int) -> dict[int, float]:
+    """Largest |b·Φ(τ) - 1/γ(τ)| over the trees of each order 1..`order`."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return {
+        p: max(abs(b @ _elementary_weight(a, t) - 1.0 / _density(t)) for t in rooted_trees(p))
+        for p in range(1, order + 1)
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# The tableau
+# ---------------------------------------------------------------------------------------
+
+
+def _readonly(x) -> np.ndarray | None:
+    if x is None:
+        return None
+    arr = np.array(x, dtype=np.float64)
+    arr.setflags(write=False)
+    return arr
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ButcherTableau:
+    """An explicit Runge-Kutta method as data.
+
+    Args:
+        name: display name.
+        a: strictly lower-triangular stage matrix, shape (s, s).
+        b: solution weights, shape (s,).
+        c: nodes, shape (s,); must equal the row sums of `a`.
+        order: classical order p of the solution (checked on all trees up to p).
+        b_err: error weights b - b̂ (sum 0), or None for a method without error estimate.
+        embedded_order: order q of the embedded solution b̂ (checked); the local error
+            estimate is O(h^(q+1)), which sets the step-size controller's exponent.
+        interp: continuous-extension matrix P of shape (s, d): y(t0 + θh) = y0 +
+            h Σ_i k_i Σ_j P_ij θ^(j+1). None means cubic Hermite interpolation.
+        tol: tolerance for the consistency and order checks.
+
+    A tableau is FSAL ("first same as last") when its last stage is evaluated at
+    (t + h, y_1): then that stage is the next step's first and costs nothing.
+
+    Raises:
+        ValueError: if the tableau is inconsistent or misses an order condition.
+    """
+
+    name: str
+    a: np.ndarray
+    b: np.ndarray
+    c: np.ndarray
+    order: int
+    b_err: np.ndarray | None = None
+    embedded_order: int | None = None
+    interp: np.ndarray | None = None
+    tol: float = 1e-10
+
+    def __post_init__(self):
+        for field in ("a", "b", "c", "b_err", "interp"):
+            object.__setattr__(self, field, _readonly(getattr(self, field)))
+        s = self.b.shape[0]
+        if self.a.shape != (s, s) or self.c.shape != (s,):
+            raise ValueError(
+                f"{self.name}: a must be ({s}, {s}) and c ({s},) to match b; got "
+                f"a {self.a.shape}, c {self.c.shape}"
+            )
+        if np.any(np.triu(self.a) != 0):
+            raise ValueError(f"{self.name}: a must be strictly lower triangular (explicit)")
+        if not np.allclose(self.a.sum(axis=1), self.c, atol=self.tol, rtol=0):
+            raise ValueError(f"{self.name}: the rows of a must sum to c")
+        residuals = order_residuals(self.a, self.b, self.order)
+        bad = {p: r for p, r in residuals.items() if r > self.tol}
+        if bad:
+            raise ValueError(f"{self.name}: order conditions fail (order: residual) {bad}")
+        if self.b_err is not None:
+            if self.b_err.shape != (s,) or abs(self.b_err.sum()) > self.tol:
+                raise ValueError(f"{self.name}: b_err must have shape ({s},) and sum to 0")
+            if self.embedded_order is None:
+                raise ValueError(f"{self.name}: give embedded_order with b_err")
+            res_hat = order_residuals(self.a, self.b - self.b_err, self.embedded_order)
+            bad = {p: r for p, r in res_hat.items() if r > self.tol}
+            if bad:
+                raise ValueError(f"{self.name}: embedded method misses order {bad}")
+        if self.interp is not None:
+            if self.interp.shape[0] != s:
+                raise ValueError(f"{self.name}: interp must have {s} rows")
+            if not np.allclose(self.interp.sum(axis=1), self.b, atol=1e-9):
+                raise ValueError(f"{self.name}: the interpolant must equal b at θ=1")
+
+    @property
+    def stages(self) -> int:
+        return self.b.shape[0]
+
+    @property
+    def fsal(self) -> bool:
+        return bool(
+            self.stages > 1
+            and abs(self.c[-1] - 1.0) < self.tol
+            and np.allclose(self.a[-1], self.b, atol=self.tol, rtol=0)
+        )
+
+    @property
+    def adaptive(self) -> bool:
+        return self.b_err is not None
+
+    @property
+    def error_order(self) -> int | None:
+        return None if self.embedded_order is None else self.embedded_order + 1
+
+    @property
+    def f_evals_per_step(self) -> int:
+        """New vector-field evaluations per step, the carried f(t_n, y_n) reused."""
+        return self.stages - 1 if self.fsal else self.stages
+
+    def __repr__(self) -> str:
+        return f"ButcherTableau({self.name}, stages={self.stages}, order={self.order})"
+
+
+def _lower(rows, stages: int) -> np.ndarray:
+    a = np.zeros((stages, stages))
+    for i, row in enumerate(rows, start=1):
+        a[i, : len(row)] = row
+    return a
+
+
+def _tableau(name, rows, b, order, b_hat=None, embedded_order=None, interp=None, tol=1e-10):
+    b = np.asarray(b, dtype=np.float64)
+    a = _lower(rows, len(b))
+    return ButcherTableau(
+        name=name,
+        a=a,
+        b=b,
+        c=a.sum(axis=1),
+        order=order,
+        b_err=None if b_hat is None else b - np.asarray(b_hat, dtype=np.float64),
+        embedded_order=embedded_order,
+        interp=interp,
+        tol=tol,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The methods (coefficients from the cited papers)
+# ---------------------------------------------------------------------------------------
+
+#: Forward Euler, order 1.
+EULER = _tableau("Euler", [], [1.0], order=1)
+
+#: Explicit midpoint rule, order 2 (Hairer, Nørsett & Wanner 1993, eq. II.1.3).
+MIDPOINT = _tableau("Midpoint", [(0.5,)], [0.0, 1.0], order=2)
+
+#: Heun's method with embedded Euler, order 2(1).
+HEUN = _tableau("Heun", [(1.0,)], [0.5, 0.5], order=2, b_hat=[1.0, 0.0], embedded_order=1)
+
+#: Ralston's second-order method with minimal error bound (Ralston 1962).
+RALSTON = _tableau("Ralston", [(2 / 3,)], [0.25, 0.75], order=2)
+
+#: The classic fourth-order Runge-Kutta method (Kutta 1901).
+RK4 = _tableau("RK4", [(0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)], [1 / 6, 1 / 3, 1 / 3, 1 / 6], order=4)
+
+#: Bogacki & Shampine (1989) 3(2) pair, FSAL, with its cubic Hermite-equivalent interpolant.
+BOSH3 = _tableau(
+    "Bosh3",
+    [(0.5,), (0.0, 0.75), (2 / 9, 1 / 3, 4 / 9)],
+    [2 / 9, 1 / 3, 4 / 9, 0.0],
+    order=3,
+    b_hat=[7 / 24, 1 / 4, 1 / 3, 1 / 8],
+    embedded_order=2,
+    interp=[
+        (1.0, -4 / 3, 5 / 9),
+        (0.0, 1.0, -2 / 3),
+        (0.0, 4 / 3, -8 / 9),
+        (0.0, -1.0, 1.0),
+    ],
+)
+
+#: Dormand & Prince (1980) 5(4) pair, FSAL; 4th-order dense output (Shampine 1986).
+DOPRI5 = _tableau(
+    "Dopri5",
+    [
+        (1 / 5,),
+        (3 / 40, 9 / 40),
+        (44 / 45, -56 / 15, 32 / 9),
+        (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+        (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+        (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
+    ],
+    [35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0],
+    order=5,
+    b_hat=[5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40],
+    embedded_order=4,
+    interp=[
+        (1.0, -8048581381 / 2820520608, 8663915743 / 2820520608, -12715105075 / 11282082432),
+        (0.0, 0.0, 0.0, 0.0),
+        (0.0, 131558114200 / 32700410799, -68118460800 / 10900136933,
+         87487479700 / 32700410799),
+        (0.0, -1754552775 / 470086768, 14199869525 / 1410260304, -10690763975 / 1880347072),
+        (0.0, 127303824393 / 49829197408, -318862633887 / 49829197408,
+         701980252875 / 199316789632),
+        (0.0, -282668133 / 205662961, 2019193451 / 616988883, -1453857185 / 822651844),
+        (0.0, 40617522 / 29380423, -110615467 / 29380423, 69997945 / 29380423),
+    ],
+)
+
+_TSIT5_A_ROWS = (
+    (0.161,),
+    (-0.008480655492356989, 0.335480655492357),
+    (2.897153057105493, -6.359448489975075, 4.3622954328695815),
+    (5.325864828439257, -11.748883564062828, 7.4955393428898365, -0.09249506636175525),
+    (5.86145544294642, -12.92096931784711, 8.159367898576159, -0.071584973281401,
+     -0.028269050394068383),
+    (0.09646076681806523, 0.01, 0.4798896504144996, 1.379008574103742, -3.290069515436081,
+     2.324710524099774),
+)
+_TSIT5_B = (*_TSIT5_A_ROWS[-1], 0.0)
+_TSIT5_B_HAT = (
+    0.09468075576583945, 0.009183565540343254, 0.4877705284247616, 1.234297566930479,
+    -2.7077123499835256, 1.866628418170587, 1 / 66,
+)
+
+#: Tsitouras (2011) 5(4) pair, FSAL, with its 4th-order continuous extension (§4 there).
+#: Its c_i are the row sums of a by construction ("only the first column simplifying
+#: assumption"), checked here to the digits published.
+TSIT5 = _tableau(
+    "Tsit5",
+    _TSIT5_A_ROWS,
+    _TSIT5_B,
+    order=5,
+    b_hat=_TSIT5_B_HAT,
+    embedded_order=4,
+    interp=[
+        (0.9999999999999998, -2.763706197274826, 2.9132554618219126, -1.0530884977290216),
+        (0.0, 0.13169999999999998, -0.2234, 0.1017),
+        (0.0, 3.930296236894751, -5.941033872131505, 2.490627285651253),
+        (0.0, -12.411077166933676, 30.338188630282318, -16.548102889244902),
+        (0.0, 37.50931341651104, -88.1789048947664, 47.37952196281928),
+        (0.0, -27.896526289197286, 65.09189467479368, -34.87065786149661),
+        (0.0, 1.5, -4.0, 2.5),
+    ],
+    tol=1e-9,
+)
+
+_DOP853_A_ROWS = (
+    (0.05260015195876773,),
+    (0.0197250569845379, 0.0591751709536137,),
+    (0.02958758547680685, 0.0, 0.08876275643042054,),
+    (0.2413651341592667, 0.0, -0.8845494793282861, 0.924834003261792,),
+    (0.037037037037037035, 0.0, 0.0, 0.17082860872947386, 0.12546768756682242,),
+    (0.037109375, 0.0, 0.0, 0.17025221101954405, 0.06021653898045596, -0.017578125,),
+    (0.03709200011850479, 0.0, 0.0, 0.17038392571223998, 0.10726203044637328, -0.015319437748624402, 0.008273789163814023,),
+    (0.6241109587160757, 0.0, 0.0, -3.3608926294469414, -0.868219346841726, 27.59209969944671, 20.154067550477894, -43.48988418106996,),
+    (0.47766253643826434, 0.0, 0.0, -2.4881146199716677, -0.590290826836843, 21.230051448181193, 15.279233632882423, -33.28821096898486, -0.020331201708508627,),
+    (-0.9371424300859873, 0.0, 0.0, 5.186372428844064, 1.0914373489967295, -8.149787010746927, -18.52006565999696, 22.739487099350505, 2.4936055526796523, -3.0467644718982196,),
+    (2.273310147516538, 0.0, 0.0, -10.53449546673725, -2.0008720582248625, -17.9589318631188, 27.94888452941996, -2.8589982771350235, -8.87285693353063, 12.360567175794303, 0.6433927460157636,),
+)
+_DOP853_B = (0.054293734116568765, 0.0, 0.0, 0.0, 0.0, 4.450312892752409, 1.8915178993145003, -5.801203960010585, 0.3111643669578199, -0.1521609496625161, 0.20136540080403034, 0.04471061572777259)
+_DOP853_C = (0.0, 0.05260015195876773, 0.0789002279381516, 0.1183503419072274, 0.2816496580927726, 0.3333333333333333, 0.25, 0.3076923076923077, 0.6512820512820513, 0.6, 0.8571428571428571, 1.0)
+_DOP853_E5 = (0.01312004499419488, 0.0, 0.0, 0.0, 0.0, -1.2251564463762044, -0.4957589496572502, 1.6643771824549864, -0.35032884874997366, 0.3341791187130175, 0.08192320648511571, -0.022355307863886294)
+
+#: Dormand & Prince's DOP853 (Hairer, Nørsett & Wanner 1993, §II.10): order 8 with the
+#: 5th-order embedded error estimate E5; 12 stages, not FSAL; cubic Hermite dense output.
+DOPRI8 = _tableau(
+    "Dopri8",
+    _DOP853_A_ROWS,
+    _DOP853_B,
+    order=8,
+    b_hat=tuple(b - e for b, e in zip(_DOP853_B, _DOP853_E5, strict=True)),
+    embedded_order=5,
+    tol=1e-9,
+)
