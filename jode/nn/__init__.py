@@ -1,0 +1,1 @@
+"""Equinox layers built on jode's solvers (one module per idea)."""
