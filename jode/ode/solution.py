@@ -82,7 +82,7 @@ class Solution(eqx.Module):
 
     @property
     def succeeded(self) -> jax.Array:
-        return self.status == Status.SUCCESS
+        return (self.status == Status.SUCCESS) | (self.status == Status.EVENT)
 
     @property
     def message(self) -> str:

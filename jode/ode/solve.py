@@ -83,6 +83,7 @@ class _Problem(NamedTuple):
     ts: jax.Array | None
     jump_ts: jax.Array | None
     max_steps: int
+    stop: object = None  # flat terminating condition (t, y, args) -> bool, or None
 
 
 def _coeff_degree(solver, y):
@@ -152,6 +153,9 @@ def _body(prob: _Problem, args, c: _Carry) -> _Carry:
         rejected=c.rejected + (can_step & ~accept),
         status=jnp.where(can_step, failure.astype(c.status.dtype), c.status),
     )
+    if prob.stop is not None:
+        stopped = take & prob.stop(t_end, res.y1, args)
+        new["status"] = jnp.where(stopped, Status.EVENT, new["status"]).astype(c.status.dtype)
     if c.step_ts is not None:
         new["step_ts"] = _write(c.step_ts, c.accepted + 1, t_end, take)
         new["step_ys"] = _write(c.step_ys, c.accepted + 1, res.y1, take)
@@ -229,6 +233,7 @@ def solve(
     dense: bool = False,
     controller=None,
     jump_ts=None,
+    stop=None,
     adjoint: AbstractAdjoint | None = None,
     max_steps: int = 4096,
     backend: str = "jode",
@@ -251,6 +256,9 @@ def solve(
         controller: `jode.PIDController(...)` (default for solvers with an error estimate)
             or `jode.ConstantStep()`.
         jump_ts: times where f is discontinuous; steps land on them exactly.
+        stop: a terminating condition stop(t, y, args) -> bool, checked after every
+            accepted step; when true the solve ends there with status `Status.EVENT`
+            (a success). E.g. a steady state: `lambda t, y, a: norm(f(t, y, a)) < 1e-8`.
         adjoint: how gradients flow: `jode.DirectAdjoint()` (default),
             `jode.BacksolveAdjoint()`, `jode.ForwardMode()`.
         max_steps: bound on the number of steps.
@@ -304,17 +312,17 @@ def solve(
         return solve_diffrax(
             f, y0, t0, t1, args, solver=solver, rtol=rtol, atol=atol, dt0=dt0,
             n_steps=n_steps, saveat=saveat, controller=controller, jump_ts=jump_ts,
-            adjoint=adjoint, max_steps=max_steps, throw=throw,
+            stop=stop, adjoint=adjoint, max_steps=max_steps, throw=throw,
         )
     return adjoint.solve(
         _solve_jode, f, y0, t0, t1, args, solver=solver, rtol=rtol, atol=atol, dt0=dt0,
         n_steps=n_steps, saveat=saveat, controller=controller, jump_ts=jump_ts,
-        max_steps=max_steps, throw=throw,
+        stop=stop, max_steps=max_steps, throw=throw,
     )
 
 
 def _solve_jode(f, y0, t0, t1, args, *, solver, rtol, atol, dt0, n_steps, saveat,
-                controller, jump_ts, max_steps, throw, loop):
+                controller, jump_ts, stop, max_steps, throw, loop):
     """The jode backend; `loop` is the adjoint's while loop (cond, body, init, max_iter)."""
     y0_flat, unravel = ravel_pytree(y0)
     dtype = y0_flat.dtype
@@ -332,7 +340,7 @@ def _solve_jode(f, y0, t0, t1, args, *, solver, rtol, atol, dt0, n_steps, saveat
     nfev = jnp.asarray(1, jnp.int32)
 
     n_static = None if adaptive else _static_step_count(t0, t1, dt0, n_steps)
-    if n_static is not None and jump_ts is None:
+    if n_static is not None and jump_ts is None and stop is None:
         sol_parts = _scan_constant(solver, f_flat, args, t0, t1, y0_flat, fy0, dt0, n_steps, n_static, saveat, ts, direction)
     else:
         if adaptive:
@@ -350,6 +358,7 @@ def _solve_jode(f, y0, t0, t1, args, *, solver, rtol, atol, dt0, n_steps, saveat
         sol_parts = _while_solve(
             solver, f_flat, args, controller, adaptive, t0, t1, y0_flat, fy0, h0,
             rtol, atol, y0, ts, saveat, jump_ts, max_steps, direction, loop,
+            None if stop is None else (lambda t, y, a: jnp.asarray(stop(t, unravel(y), a), bool)),
         )
     ts_out, ys_flat, stats, status, dense_ts, dense_coeffs = sol_parts
     stats["nfev"] = stats["nfev"] + nfev
@@ -359,8 +368,9 @@ def _solve_jode(f, y0, t0, t1, args, *, solver, rtol, atol, dt0, n_steps, saveat
         dense_ts=dense_ts, dense_coeffs=dense_coeffs, unravel=unravel,
     )
     if throw:
+        failed = (status != Status.SUCCESS) & (status != Status.EVENT)
         sol = eqx.branched_error_if(
-            sol, status != Status.SUCCESS, status, status_messages(max_steps, repr(solver))
+            sol, failed, status, status_messages(max_steps, repr(solver))
         )
     return sol
 
@@ -399,7 +409,7 @@ def _scan_constant(solver, f_flat, args, t0, t1, y0, fy0, dt0, n_steps, n, savea
 
 
 def _while_solve(solver, f_flat, args, controller, adaptive, t0, t1, y0, fy0, h0, rtol, atol,
-                 y0_tree, ts, saveat, jump_ts, max_steps, direction, loop):
+                 y0_tree, ts, saveat, jump_ts, max_steps, direction, loop, stop=None):
     dtype = y0.dtype
     n = y0.shape[0]
     i32 = lambda v: jnp.asarray(v, jnp.int32)  # noqa: E731
@@ -408,6 +418,7 @@ def _while_solve(solver, f_flat, args, controller, adaptive, t0, t1, y0, fy0, h0
         direction=direction, rtol=_flatten_tol(rtol, y0_tree, dtype),
         atol=_flatten_tol(atol, y0_tree, dtype), ts=ts,
         jump_ts=None if jump_ts is None else jnp.asarray(jump_ts, dtype), max_steps=max_steps,
+        stop=stop,
     )
     degree = _coeff_degree(solver, y0)
     ys = last_coeffs = step_ts = step_ys = dense_coeffs = None
@@ -444,7 +455,7 @@ def _while_solve(solver, f_flat, args, controller, adaptive, t0, t1, y0, fy0, h0
     elif saveat.steps:
         ts_out, ys_out = final.step_ts, final.step_ys
     else:
-        ts_out, ys_out = t1[None], final.y[None]
+        ts_out, ys_out = final.t[None], final.y[None]
     dense_ts = final.step_ts if saveat.dense else None
     return ts_out, ys_out, stats, status, dense_ts, final.dense_coeffs
 
