@@ -3,3 +3,8 @@
 from .images import load_digits as load_digits
 from .images import load_mnist as load_mnist
 from .images import read_idx as read_idx
+from .toy import checkerboard as checkerboard
+from .toy import eight_gaussians as eight_gaussians
+from .toy import sample_density as sample_density
+from .toy import spirals as spirals
+from .toy import two_moons as two_moons
