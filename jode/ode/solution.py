@@ -78,6 +78,7 @@ class Solution(eqx.Module):
     t1: jax.Array
     dense_ts: jax.Array | None = None
     dense_coeffs: jax.Array | None = None
+    interpolation: object = None  # the diffrax backend's dense interpolation
     unravel: object = eqx.field(static=True, default=None)
 
     @property
@@ -94,6 +95,11 @@ class Solution(eqx.Module):
 
         Returns the state's pytree with the shape of `t` leading each leaf.
         """
+        if self.interpolation is not None:
+            t = jnp.asarray(t)
+            flat_t = jnp.reshape(t, (-1,))
+            out = jax.vmap(self.interpolation.evaluate)(flat_t)
+            return jax.tree.map(lambda x: jnp.reshape(x, t.shape + x.shape[1:]), out)
         if self.dense_coeffs is None:
             raise ValueError(
                 "Solution.evaluate needs dense output: call jode.solve(..., dense=True)"

@@ -158,6 +158,7 @@ def _body(prob: _Problem, args, c: _Carry) -> _Carry:
         new["status"] = jnp.where(stopped, Status.EVENT, new["status"]).astype(c.status.dtype)
     if c.step_ts is not None:
         new["step_ts"] = _write(c.step_ts, c.accepted + 1, t_end, take)
+    if c.step_ys is not None:
         new["step_ys"] = _write(c.step_ys, c.accepted + 1, res.y1, take)
     if c.dense_coeffs is not None:
         new["dense_coeffs"] = _write(c.dense_coeffs, c.accepted, res.coeffs, take)

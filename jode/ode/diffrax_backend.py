@@ -1,0 +1,153 @@
+"""`solve(..., backend="diffrax")`: the same call carried out by diffrax (Kidger 2021).
+
+Solvers map to diffrax's own class when it is the same method (Euler, Midpoint, Heun,
+Ralston, Bosh3, Dopri5, Tsit5 and the implicit ones), and otherwise to a diffrax explicit
+RK built from jode's tableau (RK4, Dopri8 = DOP853, user tableaux), so both backends run
+the same method. Tolerances, controller coefficients, save times, jump times, terminating
+conditions and adjoints are translated; the result is a `jode.Solution` with the same
+statuses and statistics (diffrax does not count f-evaluations: `nfev` is derived from the
+step counts exactly as jode counts them).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .control import ConstantStep, PIDController
+from .solution import Solution, Status, status_messages
+
+_NATIVE = {
+    "Euler": dfx.Euler,
+    "Midpoint": dfx.Midpoint,
+    "Heun": dfx.Heun,
+    "Ralston": dfx.Ralston,
+    "Bosh3": dfx.Bosh3,
+    "Dopri5": dfx.Dopri5,
+    "Tsit5": dfx.Tsit5,
+    "ImplicitEuler": dfx.ImplicitEuler,
+    "Kvaerno3": dfx.Kvaerno3,
+    "Kvaerno5": dfx.Kvaerno5,
+}
+
+
+@functools.cache
+def _erk_from_tableau(tableau):
+    """A diffrax explicit RK class running jode's tableau (Hermite dense output)."""
+    a_lower = tuple(tableau.a[i, :i] for i in range(1, tableau.stages))
+    # diffrax requires error weights; zeros for a method without an estimate (constant steps).
+    b_error = tableau.b_err if tableau.b_err is not None else np.zeros(tableau.stages)
+    dfx_tableau = dfx.ButcherTableau(
+        c=tableau.c[1:], b_sol=tableau.b, b_error=b_error, a_lower=a_lower
+    )
+    order, error_order = tableau.order, tableau.error_order
+
+    class TableauERK(dfx.AbstractERK):
+        tableau = dfx_tableau
+        interpolation_cls = dfx.ThirdOrderHermitePolynomialInterpolation.from_k
+
+        def order(self, terms):
+            return order
+
+        def error_order(self, terms):
+            return error_order
+
+    TableauERK.__name__ = f"jode_{tableau.name}"
+    return TableauERK
+
+
+def to_diffrax_solver(solver):
+    """The diffrax solver running the same method as a jode solver."""
+    name = getattr(solver, "name", None)
+    if name in _NATIVE:
+        return _NATIVE[name]()
+    tableau = getattr(solver, "tableau", None)
+    if tableau is not None and hasattr(tableau, "b_err") and not getattr(solver, "implicit", False):
+        if (tableau.b_err is None) != (tableau.error_order is None):
+            raise ValueError(f"cannot translate {solver!r} to diffrax")
+        return _erk_from_tableau(tableau)()
+    raise ValueError(f"backend='diffrax' has no counterpart for solver {solver!r}")
+
+
+def _to_diffrax_adjoint(adjoint):
+    from . import adjoint as adj
+
+    convert = getattr(adj, "to_diffrax", None)
+    if convert is not None:
+        return convert(adjoint)
+    if isinstance(adjoint, adj.ForwardMode):
+        return dfx.ForwardMode()
+    return dfx.RecursiveCheckpointAdjoint()
+
+
+def _status(result):
+    r = dfx.RESULTS
+    conditions = [
+        result == r.successful,
+        result == r.max_steps_reached,
+        result == r.dt_min_reached,
+        result == r.event_occurred,
+        (result == r.nonlinear_max_steps_reached) | (result == r.nonlinear_divergence),
+    ]
+    values = [Status.SUCCESS, Status.MAX_STEPS, Status.DT_UNDERFLOW, Status.EVENT, Status.NEWTON_FAILED]
+    return jnp.select(conditions, [jnp.int32(v) for v in values], jnp.int32(Status.NONFINITE))
+
+
+def solve_diffrax(f, y0, t0, t1, args, *, solver, rtol, atol, dt0, n_steps, saveat, controller,
+                  jump_ts, stop, adjoint, max_steps, throw):
+    """Carry out `jode.solve` with diffrax; see `jode.solve` for the arguments."""
+    dfx_solver = to_diffrax_solver(solver)
+    if isinstance(controller, PIDController):
+        stepsize = dfx.PIDController(
+            rtol=rtol, atol=atol, pcoeff=controller.pcoeff, icoeff=controller.icoeff,
+            dcoeff=controller.dcoeff, safety=controller.safety, factormin=controller.factormin,
+            factormax=controller.factormax, dtmin=controller.dtmin, dtmax=controller.dtmax,
+            jump_ts=jump_ts,
+        )
+    elif isinstance(controller, ConstantStep):
+        stepsize = dfx.ConstantStepSize()
+        if jump_ts is not None:
+            stepsize = dfx.ClipStepSizeController(stepsize, jump_ts=jump_ts)
+        if dt0 is None:
+            dt0 = (jnp.asarray(t1) - jnp.asarray(t0)) / n_steps
+    else:
+        raise ValueError(f"unknown controller {controller!r}")
+    dfx_saveat = dfx.SaveAt(
+        ts=saveat.ts, t1=saveat.t1 and saveat.ts is None and not saveat.steps,
+        steps=saveat.steps, dense=saveat.dense,
+    )
+    event = None
+    if stop is not None:
+        event = dfx.Event(cond_fn=lambda t, y, args, **kw: stop(t, y, args))
+    sol = dfx.diffeqsolve(
+        dfx.ODETerm(f), dfx_solver, t0, t1, dt0, y0, args, saveat=dfx_saveat,
+        stepsize_controller=stepsize, adjoint=_to_diffrax_adjoint(adjoint),
+        max_steps=max_steps, throw=False, event=event,
+    )
+    status = _status(sol.result)
+    steps = jnp.asarray(sol.stats["num_steps"], jnp.int32)
+    nfev = steps * solver.f_evals_per_step + 1
+    if isinstance(controller, PIDController) and dt0 is None:
+        nfev = nfev + 1
+    stats = dict(
+        steps=steps,
+        accepted=jnp.asarray(sol.stats["num_accepted_steps"], jnp.int32),
+        rejected=jnp.asarray(sol.stats["num_rejected_steps"], jnp.int32),
+        nfev=nfev,
+    )
+    dtype = jnp.result_type(*jax.tree.leaves(y0))
+    out = Solution(
+        ts=sol.ts, ys=sol.ys, stats=stats, status=status, t0=jnp.asarray(t0, dtype),
+        t1=jnp.asarray(t1, dtype), interpolation=sol.interpolation if saveat.dense else None,
+    )
+    if throw:
+        failed = (status != Status.SUCCESS) & (status != Status.EVENT)
+        out = eqx.branched_error_if(
+            out, failed, status, status_messages(max_steps, repr(solver) + " (diffrax backend)")
+        )
+    return out
