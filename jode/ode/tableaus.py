@@ -360,3 +360,314 @@ DOPRI8 = _tableau(
     embedded_order=5,
     tol=1e-9,
 )
+
+
+# ---------------------------------------------------------------------------------------
+# Stiff methods: singly diagonally implicit RK (ESDIRK) and Rosenbrock tableaux
+# ---------------------------------------------------------------------------------------
+
+
+def _check_embedded(name, a_or_weights, b, b_err, order, embedded_order, residuals, tol):
+    """Shared checks of a stiff tableau's weights: b is order p, b - b_err order q."""
+    s = b.shape[0]
+    bad = {p: r for p, r in residuals(a_or_weights, b, order).items() if r > tol}
+    if bad:
+        raise ValueError(f"{name}: order conditions fail (order: residual) {bad}")
+    if b_err is not None:
+        if b_err.shape != (s,) or abs(b_err.sum()) > tol:
+            raise ValueError(f"{name}: b_err must have shape ({s},) and sum to 0")
+        if embedded_order is None:
+            raise ValueError(f"{name}: give embedded_order with b_err")
+        bad = {
+            p: r for p, r in residuals(a_or_weights, b - b_err, embedded_order).items() if r > tol
+        }
+        if bad:
+            raise ValueError(f"{name}: embedded method misses order {bad}")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DIRKTableau:
+    """A singly diagonally implicit Runge-Kutta method (SDIRK/ESDIRK) as data.
+
+    Stage i solves Y_i = y + h Σ_{j<i} a_ij k_j + h γ k_i with k_i = f(t + c_i h, Y_i)
+    (a zero diagonal entry makes the stage explicit); y_1 = y + h Σ b_i k_i. Every implicit
+    stage shares the diagonal γ, so one LU factorization of I - hγJ serves the whole step
+    (Hairer & Wanner 1996, *Solving ODEs II*, §IV.6).
+
+    Args:
+        name: display name.
+        a: lower-triangular stage matrix, shape (s, s); its non-zero diagonal entries equal.
+        b, c: weights and nodes (c = row sums of a).
+        order: classical order (checked on all rooted trees, Thm. II.2.13 of HNW I).
+        b_err: b - b̂ for the embedded method, with `embedded_order`.
+        tol: tolerance of the checks.
+    """
+
+    name: str
+    a: np.ndarray
+    b: np.ndarray
+    c: np.ndarray
+    order: int
+    b_err: np.ndarray | None = None
+    embedded_order: int | None = None
+    tol: float = 1e-10
+
+    def __post_init__(self):
+        for field in ("a", "b", "c", "b_err"):
+            object.__setattr__(self, field, _readonly(getattr(self, field)))
+        s = self.b.shape[0]
+        if self.a.shape != (s, s) or self.c.shape != (s,):
+            raise ValueError(f"{self.name}: a must be ({s}, {s}) and c ({s},) to match b")
+        if np.any(np.triu(self.a, 1) != 0):
+            raise ValueError(f"{self.name}: a must be lower triangular (diagonally implicit)")
+        diag = np.diag(self.a)
+        if np.any(diag < 0) or len(set(diag[diag != 0].tolist())) != 1:
+            raise ValueError(
+                f"{self.name}: the non-zero diagonal entries of a must all equal one γ > 0 "
+                f"(singly diagonally implicit); got {diag.tolist()}"
+            )
+        if not np.allclose(self.a.sum(axis=1), self.c, atol=self.tol, rtol=0):
+            raise ValueError(f"{self.name}: the rows of a must sum to c")
+        _check_embedded(
+            self.name, self.a, self.b, self.b_err, self.order, self.embedded_order,
+            order_residuals, self.tol,
+        )
+
+    @property
+    def stages(self) -> int:
+        return self.b.shape[0]
+
+    @property
+    def gamma(self) -> float:
+        diag = np.diag(self.a)
+        return float(diag[diag != 0][0])
+
+    @property
+    def stiffly_accurate(self) -> bool:
+        """b equals the last row of a (so y_1 is the last stage and f(t + h, y_1) = k_s)."""
+        return bool(abs(self.c[-1] - 1) < self.tol and np.allclose(self.a[-1], self.b))
+
+    @property
+    def adaptive(self) -> bool:
+        return self.b_err is not None
+
+    @property
+    def error_order(self) -> int | None:
+        """The local order of the error estimate: min(p, q) + 1."""
+        if self.embedded_order is None:
+            return None
+        return min(self.order, self.embedded_order) + 1
+
+    def __repr__(self) -> str:
+        return f"DIRKTableau({self.name}, stages={self.stages}, order={self.order})"
+
+
+def _rosenbrock_weight(alpha, beta, tree):
+    # Hairer & Wanner (1996) §IV.7: a vertex with one child comes from f' (through α and the
+    # Jacobian terms γ together: β = α + Γ); with m >= 2 children only from f^(m) (α).
+    phi = np.ones(alpha.shape[0])
+    matrix = beta if len(tree) == 1 else alpha
+    for child in tree:
+        phi = phi * (matrix @ _rosenbrock_weight(alpha, beta, child))
+    return phi
+
+
+def rosenbrock_order_residuals(alpha_beta, b, order: int) -> dict[int, float]:
+    """Largest |b·Φ(τ) - 1/γ(τ)| per order for a Rosenbrock method given as (α, α + Γ).
+
+    The diagonal γ of Γ stays in β, which turns the right-hand sides of Hairer & Wanner
+    (1996) Table IV.7.1 (polynomials in γ) into the Runge-Kutta values 1/γ(τ).
+    """
+    alpha, beta = (np.asarray(x, dtype=np.float64) for x in alpha_beta)
+    b = np.asarray(b, dtype=np.float64)
+    return {
+        p: max(
+            abs(b @ _rosenbrock_weight(alpha, beta, t) - 1.0 / _density(t))
+            for t in rooted_trees(p)
+        )
+        for p in range(1, order + 1)
+    }
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RosenbrockTableau:
+    """A Rosenbrock method as data (Hairer & Wanner 1996, *Solving ODEs II*, eq. IV.7.4):
+
+        (I - γ h J) k_i = h f(t + α_i h, y + Σ_{j<i} α_ij k_j) + h J Σ_{j<i} γ_ij k_j
+                          + γ_i h² ∂f/∂t,                y_1 = y + Σ b_i k_i,
+
+    with J = ∂f/∂y(t, y), α_i = Σ_j α_ij, γ_i = Σ_{j<=i} γ_ij. The stepper uses the
+    equivalent form without matrix-vector products (eq. IV.7.25), from `transformed`.
+
+    Args:
+        name: display name.
+        alpha: strictly lower-triangular α, shape (s, s).
+        gamma_matrix: lower-triangular Γ with constant diagonal γ.
+        b: weights; `b_err` = b - b̂ with `embedded_order`.
+        order: classical order, checked with `rosenbrock_order_residuals`.
+    """
+
+    name: str
+    alpha: np.ndarray
+    gamma_matrix: np.ndarray
+    b: np.ndarray
+    order: int
+    b_err: np.ndarray | None = None
+    embedded_order: int | None = None
+    tol: float = 1e-10
+
+    def __post_init__(self):
+        for field in ("alpha", "gamma_matrix", "b", "b_err"):
+            object.__setattr__(self, field, _readonly(getattr(self, field)))
+        s = self.b.shape[0]
+        if self.alpha.shape != (s, s) or self.gamma_matrix.shape != (s, s):
+            raise ValueError(f"{self.name}: alpha and gamma_matrix must be ({s}, {s})")
+        if np.any(np.triu(self.alpha) != 0) or np.any(np.triu(self.gamma_matrix, 1) != 0):
+            raise ValueError(
+                f"{self.name}: alpha must be strictly and gamma_matrix lower triangular"
+            )
+        diag = np.diag(self.gamma_matrix)
+        if diag[0] <= 0 or np.any(diag != diag[0]):
+            raise ValueError(f"{self.name}: the diagonal of gamma_matrix must be one γ > 0")
+        _check_embedded(
+            self.name, (self.alpha, self.alpha + self.gamma_matrix), self.b, self.b_err,
+            self.order, self.embedded_order, rosenbrock_order_residuals, self.tol,
+        )
+
+    @property
+    def stages(self) -> int:
+        return self.b.shape[0]
+
+    @property
+    def gamma(self) -> float:
+        return float(self.gamma_matrix[0, 0])
+
+    @property
+    def c(self) -> np.ndarray:
+        return self.alpha.sum(axis=1)
+
+    @property
+    def d(self) -> np.ndarray:
+        return self.gamma_matrix.sum(axis=1)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.b_err is not None
+
+    @property
+    def error_order(self) -> int | None:
+        if self.embedded_order is None:
+            return None
+        return min(self.order, self.embedded_order) + 1
+
+    @functools.cached_property
+    def transformed(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """(A, C, m, m_err) of HW eq. IV.7.25 in u_i = Σ_{j<=i} γ_ij k_j:
+
+        (I/(hγ) - J) u_i = f(t + α_i h, y + Σ_j A_ij u_j) + Σ_j (C_ij / h) u_j + γ_i h ∂f/∂t,
+        y_1 = y + Σ m_j u_j,   with A = αΓ⁻¹, C = diag(1/γ) - Γ⁻¹, m = bΓ⁻¹.
+        """
+        g_inv = np.linalg.inv(self.gamma_matrix)
+        a = np.tril(self.alpha @ g_inv, -1)
+        c = np.tril(np.diag(1.0 / np.diag(self.gamma_matrix)) - g_inv, -1)
+        m = self.b @ g_inv
+        m_err = None if self.b_err is None else self.b_err @ g_inv
+        return a, c, m, m_err
+
+    def __repr__(self) -> str:
+        return f"RosenbrockTableau({self.name}, stages={self.stages}, order={self.order})"
+
+
+def _dirk(name, rows, order, gamma, embedded_row=None, embedded_order=None, tol=1e-10):
+    """An ESDIRK from its rows below an explicit first stage; stiffly accurate: b = last row."""
+    s = len(rows) + 1
+    a = np.zeros((s, s))
+    for i, row in enumerate(rows, start=1):
+        a[i, : len(row)] = row
+        a[i, i] = gamma
+    b = a[-1].copy()
+    b_err = None if embedded_row is None else b - a[embedded_row]
+    return DIRKTableau(name, a, b, a.sum(axis=1), order, b_err, embedded_order, tol)
+
+
+#: Implicit (backward) Euler, written with an explicit first stage k_0 = f(t, y) so that
+#: b̂ = (1/2, 1/2) (the trapezoidal rule) gives the error estimate h (k_1 - k_0) / 2.
+IMPLICIT_EULER = DIRKTableau(
+    "ImplicitEuler", a=[[0.0, 0.0], [0.0, 1.0]], b=[0.0, 1.0], c=[0.0, 1.0], order=1,
+    b_err=[-0.5, 0.5], embedded_order=2,
+)
+
+_KV3_G = 0.43586652150845900  # the root of 6γ³ - 18γ² + 9γ - 1 = 0 in (1/3, 1/2): L-stability
+
+#: Kværnø (2004, BIT 44:489-502) ESDIRK 3(2), 4 stages, stiffly accurate, L-stable; the
+#: coefficients as functions of γ.
+KVAERNO3 = _dirk(
+    "Kvaerno3",
+    [
+        (_KV3_G,),
+        ((-4 * _KV3_G**2 + 6 * _KV3_G - 1) / (4 * _KV3_G), (1 - 2 * _KV3_G) / (4 * _KV3_G)),
+        ((6 * _KV3_G - 1) / (12 * _KV3_G), -1 / ((24 * _KV3_G - 12) * _KV3_G),
+         (-6 * _KV3_G**2 + 6 * _KV3_G - 1) / (6 * _KV3_G - 3)),
+    ],
+    order=3, gamma=_KV3_G, embedded_row=2, embedded_order=2, tol=1e-9,
+)
+
+#: Kværnø (2004, BIT 44:489-502) ESDIRK 5(4), 7 stages, γ = 0.26, stiffly accurate,
+#: L-stable; the embedded 4th-order solution is the sixth stage.
+KVAERNO5 = _dirk(
+    "Kvaerno5",
+    [
+        (0.26,),
+        (0.13, 0.84033320996790809),
+        (0.22371961478320505, 0.47675532319799699, -0.06470895363112615),
+        (0.16648564323248321, 0.10450018841591720, 0.03631482272098715, -0.13090704451073998),
+        (0.13855640231268224, 0.0, -0.04245337201752043, 0.02446657898003141,
+         0.61943039072480676),
+        (0.13659751177640291, 0.0, -0.05496908796538376, -0.04118626728321046,
+         0.62993304899016403, 0.06962479448202728),
+    ],
+    order=5, gamma=0.26, embedded_row=5, embedded_order=4,
+)
+
+_RODAS5_ALPHA = (
+    (0.38,),
+    (0.1899188971074152, 0.1979321027247381),
+    (0.1110729281178426, 0.5456026683145674, -0.1727037026450261),
+    (0.2329444418850307, 0.025099380960713898, 0.1443314046300300, 0.054672473406183418),
+    (-0.036201017843430883, 4.208448872731939, -7.549674427720996, -0.2076823626400282,
+     4.585108935472517),
+    (7.585261698003052, -15.57426208319938, -8.814406895608121, 1.534698996826085,
+     16.07870828397837, 0.19),
+    (0.4646018839086969, 0.0, -1.720907508837576, 0.2910480220957973, 1.821778861539924,
+     -0.046521258706842056, 0.19),
+)
+# β = α + Γ below the diagonal (Di Marzo 1993); rows 7 and 8 are b̂ and b (stiffly accurate).
+_RODAS5_BETA = (
+    (0.0076920774666285364,),
+    (-0.058129718999580252, -0.063251113355141360),
+    (0.7075715596134048, -0.5980299539145789, 0.5294131505610923),
+    (-0.034975026573934865, -0.1928476085817357, 0.089839586125126941, 0.027613185520411822),
+    (7.585261698003052, -15.57426208319938, -8.814406895608121, 1.534698996826085,
+     16.07870828397837),
+    (0.4646018839086969, 0.0, -1.720907508837576, 0.2910480220957973, 1.821778861539924,
+     -0.046521258706842056),
+    (0.4646018839086969, 0.0, -1.720907508837576, 0.2910480220957973, 1.821778861539924,
+     -0.026744882930135193, -0.019776375776706864),
+)
+
+
+def _rodas5() -> RosenbrockTableau:
+    gamma = 0.19
+    alpha = _lower(_RODAS5_ALPHA, 8)
+    beta = _lower(_RODAS5_BETA, 8) + gamma * np.eye(8)
+    b, b_hat = beta[7].copy(), beta[6].copy()
+    return RosenbrockTableau(
+        "Rodas5", alpha, beta - alpha, b, order=5, b_err=b - b_hat, embedded_order=4
+    )
+
+
+#: Rodas5 (Di Marzo 1993; Hairer & Wanner 1996 §VI.4): Rosenbrock method of order 5(4),
+#: 8 stages, γ = 0.19, stiffly accurate, L-stable; the coefficients pass every order
+#: condition to 1e-15 here (one digit of α_64 differs between published copies:
+#: -0.2076823626400282 is the one that satisfies them).
+RODAS5 = _rodas5()
