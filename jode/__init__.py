@@ -18,10 +18,18 @@ from .ode.explicit import Heun as Heun
 from .ode.explicit import Midpoint as Midpoint
 from .ode.explicit import Ralston as Ralston
 from .ode.explicit import Tsit5 as Tsit5
+from .ode.implicit import ESDIRK as ESDIRK
+from .ode.implicit import ImplicitEuler as ImplicitEuler
+from .ode.implicit import Kvaerno3 as Kvaerno3
+from .ode.implicit import Kvaerno5 as Kvaerno5
+from .ode.implicit import Rodas5 as Rodas5
+from .ode.implicit import Rosenbrock as Rosenbrock
 from .ode.solution import Solution as Solution
 from .ode.solution import Status as Status
 from .ode.solve import SaveAt as SaveAt
 from .ode.solve import solve as solve
 from .ode.tableaus import ButcherTableau as ButcherTableau
+from .ode.tableaus import DIRKTableau as DIRKTableau
+from .ode.tableaus import RosenbrockTableau as RosenbrockTableau
 
 __version__ = "0.1.0"

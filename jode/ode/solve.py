@@ -25,6 +25,7 @@ from . import checks
 from .adjoint import AbstractAdjoint, DirectAdjoint
 from .control import ConstantStep, PIDController, initial_step, pid_update, scaled_error
 from .explicit import EXPLICIT_SOLVERS, Tsit5
+from .implicit import IMPLICIT_SOLVERS
 from .interpolation import evaluate_steps, horner
 from .solution import Solution, Status, status_messages
 
@@ -67,6 +68,7 @@ class _Carry(NamedTuple):
     step_ts: jax.Array | None
     step_ys: jax.Array | None
     dense_coeffs: jax.Array | None
+    solver_state: object = None  # implicit solvers: Jacobian, counters (see implicit.py)
 
 
 class _Problem(NamedTuple):
@@ -93,6 +95,19 @@ def _coeff_degree(solver, y):
     return probe.shape[0]
 
 
+def _init_solver_state(solver, f_flat, args, t0, y0, fy0, rtol, atol):
+    """Implicit solvers carry a state (Jacobian, counters) between steps; explicit ones none."""
+    if not getattr(solver, "implicit", False):
+        return None
+    return solver.init_state(lambda t, y: f_flat(t, y, args), t0, y0, fy0, rtol, atol)
+
+
+def _step(solver, f, t, y, fy, h, state):
+    if state is None:
+        return solver.step(f, t, y, fy, h)
+    return solver.step(f, t, y, fy, h, state=state)
+
+
 def _write(buf, idx, value, do):
     """buf[idx] = value where `do`, as an in-place scatter (out-of-range index: no write)."""
     idx = jnp.where(do, idx, buf.shape[0])
@@ -117,7 +132,7 @@ def _body(prob: _Problem, args, c: _Carry) -> _Carry:
         t_end = jnp.where(at_jump, next_jump, t_end)
     h = t_end - c.t
 
-    res = prob.solver.step(f, c.t, c.y, c.fy, h)
+    res = _step(prob.solver, f, c.t, c.y, c.fy, h, c.solver_state)
     finite = jnp.all(jnp.isfinite(res.y1))
     if prob.adaptive:
         err = scaled_error(res.error, c.y, res.y1, prob.rtol, prob.atol)
@@ -130,7 +145,10 @@ def _body(prob: _Problem, args, c: _Carry) -> _Carry:
         tiny = tiny | (c.t + h_next == c.t)
         failure = jnp.where(
             ~accept & tiny,
-            jnp.where(finite, Status.DT_UNDERFLOW, Status.NONFINITE),
+            jnp.where(
+                finite, jnp.where(res.ok, Status.DT_UNDERFLOW, Status.NEWTON_FAILED),
+                Status.NONFINITE,
+            ),
             Status.SUCCESS,
         )
     else:
@@ -156,6 +174,10 @@ def _body(prob: _Problem, args, c: _Carry) -> _Carry:
     if prob.stop is not None:
         stopped = take & prob.stop(t_end, res.y1, args)
         new["status"] = jnp.where(stopped, Status.EVENT, new["status"]).astype(c.status.dtype)
+    if c.solver_state is not None:
+        new["solver_state"] = jax.tree.map(
+            lambda a, b: jnp.where(can_step, a, b), res.state, c.solver_state
+        )
     if c.step_ts is not None:
         new["step_ts"] = _write(c.step_ts, c.accepted + 1, t_end, take)
     if c.step_ys is not None:
@@ -278,7 +300,7 @@ def solve(
     """
     solver = Tsit5() if solver is None else solver
     adjoint = DirectAdjoint() if adjoint is None else adjoint
-    checks.check_solver(solver, EXPLICIT_SOLVERS)
+    checks.check_solver(solver, {**EXPLICIT_SOLVERS, **IMPLICIT_SOLVERS})
     if backend not in ("jode", "diffrax"):
         raise ValueError(f"backend must be 'jode' or 'diffrax'; got backend={backend!r}")
     if not isinstance(adjoint, AbstractAdjoint):
@@ -342,7 +364,8 @@ def _solve_jode(f, y0, t0, t1, args, *, solver, rtol, atol, dt0, n_steps, saveat
 
     n_static = None if adaptive else _static_step_count(t0, t1, dt0, n_steps)
     if n_static is not None and jump_ts is None and stop is None:
-        sol_parts = _scan_constant(solver, f_flat, args, t0, t1, y0_flat, fy0, dt0, n_steps, n_static, saveat, ts, direction)
+        tols = (_flatten_tol(rtol, y0, dtype), _flatten_tol(atol, y0, dtype))
+        sol_parts = _scan_constant(solver, f_flat, args, t0, t1, y0_flat, fy0, dt0, n_steps, n_static, saveat, ts, direction, tols)
     else:
         if adaptive:
             if dt0 is None:
@@ -376,7 +399,8 @@ def _solve_jode(f, y0, t0, t1, args, *, solver, rtol, atol, dt0, n_steps, saveat
     return sol
 
 
-def _scan_constant(solver, f_flat, args, t0, t1, y0, fy0, dt0, n_steps, n, saveat, ts, direction):
+def _scan_constant(solver, f_flat, args, t0, t1, y0, fy0, dt0, n_steps, n, saveat, ts, direction,
+                   tols=(1e-6, 1e-6)):
     """Constant steps as a lax.scan: differentiable by every JAX transformation."""
     dtype = y0.dtype
     dt = (t1 - t0) / n if n_steps is not None else jnp.asarray(dt0, dtype)
@@ -384,19 +408,25 @@ def _scan_constant(solver, f_flat, args, t0, t1, y0, fy0, dt0, n_steps, n, savea
     grid = jnp.where(jnp.arange(n + 1) == n, t1, t0 + idx * dt)
     keep_coeffs = ts is not None or saveat.dense
 
-    def body(carry, i):
-        y, fy = carry
-        t, t_next = grid[i], grid[i + 1]
-        res = solver.step(lambda t, y: f_flat(t, y, args), t, y, fy, t_next - t)
-        out = (res.y1, res.coeffs if keep_coeffs else None)
-        return (res.y1, res.f1), out
+    state0 = _init_solver_state(solver, f_flat, args, t0, y0, fy0, *tols)
 
-    (y_end, _), (y_steps, coeffs) = jax.lax.scan(body, (y0, fy0), jnp.arange(n))
+    def body(carry, i):
+        y, fy, state, ok = carry
+        t, t_next = grid[i], grid[i + 1]
+        res = _step(solver, lambda t, y: f_flat(t, y, args), t, y, fy, t_next - t, state)
+        out = (res.y1, res.coeffs if keep_coeffs else None)
+        return (res.y1, res.f1, getattr(res, "state", None), ok & res.ok), out
+
+    init = (y0, fy0, state0, jnp.ones((), bool))
+    (y_end, _, state, ok), (y_steps, coeffs) = jax.lax.scan(body, init, jnp.arange(n))
     finite = jnp.all(jnp.isfinite(y_end))
-    status = jnp.where(finite, Status.SUCCESS, Status.NONFINITE).astype(jnp.int32)
+    status = jnp.where(finite, Status.SUCCESS, Status.NONFINITE)
+    status = jnp.where(finite & ~ok, Status.NEWTON_FAILED, status).astype(jnp.int32)
     count = jnp.asarray(n, jnp.int32)
     stats = dict(steps=count, accepted=count, rejected=jnp.zeros((), jnp.int32),
                  nfev=count * solver.f_evals_per_step)
+    if state is not None:
+        stats.update(solver.stats(state))
     if ts is not None:
         ys = evaluate_steps(grid, coeffs, count, ts, direction)
         ts_out = ts
@@ -440,6 +470,7 @@ def _while_solve(solver, f_flat, args, controller, adaptive, t0, t1, y0, fy0, h0
         accepted=i32(0), rejected=i32(0), status=i32(Status.SUCCESS), last_t=t0,
         last_h=jnp.zeros((), dtype), last_coeffs=last_coeffs, pending=jnp.zeros((), bool),
         save_idx=save_idx, ys=ys, step_ts=step_ts, step_ys=step_ys, dense_coeffs=dense_coeffs,
+        solver_state=_init_solver_state(solver, f_flat, args, t0, y0, fy0, prob.rtol, prob.atol),
     )
     max_iter = max_steps + (0 if ts is None else -(-ts.shape[0] // SAVE_WINDOW)) + 1
     final = loop(
@@ -451,6 +482,9 @@ def _while_solve(solver, f_flat, args, controller, adaptive, t0, t1, y0, fy0, h0
     extra = final.steps if jump_ts is not None else 0
     stats = dict(steps=final.steps, accepted=final.accepted, rejected=final.rejected,
                  nfev=final.steps * solver.f_evals_per_step + extra)
+    if final.solver_state is not None:
+        stats.update(solver.stats(final.solver_state))
+        stats["nfev"] = stats["nfev"] + extra
     if ts is not None:
         ts_out, ys_out = ts, final.ys
     elif saveat.steps:

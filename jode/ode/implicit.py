@@ -1,0 +1,311 @@
+"""Stiff steps: ESDIRK with simplified Newton, and Rosenbrock methods.
+
+ESDIRK (Hairer & Wanner 1996, *Solving ODEs II*, §IV.6): an explicit first stage k_0 =
+f(t, y) (carried in), then for i = 1..s-1
+
+    k_i = f(t + c_i h, z_i + hγ k_i),     z_i = y + h Σ_{j<i} a_ij k_j,
+
+solved by simplified Newton with one LU factorization of I - hγJ per step (`newton.py`),
+and y_1 = y + h Σ b_i k_i, e = h Σ b_err_i k_i. The methods here are stiffly accurate, so
+y_1 is the last stage and f(t + h, y_1) = k_{s-1} comes free for the next step.
+
+Rosenbrock (HW 1996, eq. IV.7.25): no iterations, one LU of I/(hγ) - J per step and s
+linear solves,
+
+    (I/(hγ) - J) u_i = f(t + α_i h, y + Σ_{j<i} A_ij u_j) + Σ_{j<i} (C_ij / h) u_j + γ_i h ∂f/∂t,
+
+y_1 = y + Σ m_j u_j. J must be the exact Jacobian at (t, y).
+
+The Jacobian comes from `jax.jacfwd` (n Jacobian-vector products) and travels in the
+solver state between steps: a step retried after a rejection reuses it (same (t, y)); an
+ESDIRK reuses it across accepted steps while Newton converges fast (θ < `reuse_theta`),
+recomputing it after any slow or failed iteration (HW 1996, §IV.8, "Jacobian reuse"). A
+Newton failure returns ok=False: the controller rejects the step and shrinks it. Dense
+output is cubic Hermite through (y, f(t, y)) and (y_1, f(t + h, y_1)).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.linalg import lu_factor, lu_solve
+
+from . import tableaus as tb
+from .interpolation import hermite_coeffs
+from .newton import newton_solve
+
+__all__ = [
+    "ImplicitState",
+    "ImplicitStepResult",
+    "ESDIRK",
+    "Rosenbrock",
+    "ImplicitEuler",
+    "Kvaerno3",
+    "Kvaerno5",
+    "Rodas5",
+    "IMPLICIT_SOLVERS",
+]
+
+
+class ImplicitState(NamedTuple):
+    """What an implicit solver carries from step to step.
+
+    Attributes:
+        jac: ∂f/∂y at (jac_t, the state then), shape (n, n).
+        f_t: ∂f/∂t there (Rosenbrock methods), shape (n,).
+        jac_t: the time the Jacobian was evaluated at (NaN: none yet).
+        reuse: whether the next step may keep `jac` (fast Newton convergence).
+        eta: the last Newton η = θ/(1-θ).
+        rtol, atol: the tolerances that scale Newton's stopping test.
+        nfev, njev, nlinsolve: counts of f evaluations, Jacobians (jacfwd) and LU solves.
+    """
+
+    jac: jax.Array
+    f_t: jax.Array
+    jac_t: jax.Array
+    reuse: jax.Array
+    eta: jax.Array
+    rtol: jax.Array
+    atol: jax.Array
+    nfev: jax.Array
+    njev: jax.Array
+    nlinsolve: jax.Array
+
+
+class ImplicitStepResult(NamedTuple):
+    """`StepResult` plus the solver state for the next step."""
+
+    y1: jax.Array
+    f1: jax.Array
+    error: jax.Array | None
+    coeffs: jax.Array
+    ok: jax.Array
+    state: ImplicitState
+
+
+def _jacobian(f, t, y):
+    return jax.jacfwd(lambda y: f(t, y))(y)
+
+
+def _time_derivative(f, t, y):
+    return jax.jvp(lambda t: f(t, y), (t,), (jnp.ones_like(t),))[1]
+
+
+class _ImplicitBase(eqx.Module):
+    """Shared protocol of the implicit solvers (state, statistics, properties)."""
+
+    @property
+    def implicit(self) -> bool:
+        return True
+
+    @property
+    def adaptive(self) -> bool:
+        return self.tableau.adaptive
+
+    @property
+    def order(self) -> int:
+        return self.tableau.order
+
+    @property
+    def error_order(self) -> int | None:
+        return self.tableau.error_order
+
+    @property
+    def name(self) -> str:
+        return self.tableau.name
+
+    def init_state(self, f, t, y, fy, rtol=1e-6, atol=1e-6) -> ImplicitState:
+        """Fresh solver state; `f(t, y)` is the flat vector field (nothing is evaluated)."""
+        del f, fy
+        n, dtype = y.shape[0], y.dtype
+        i32 = jnp.zeros((), jnp.int32)
+        return ImplicitState(
+            jac=jnp.zeros((n, n), dtype), f_t=jnp.zeros((n,), dtype),
+            jac_t=jnp.full((), jnp.nan, dtype), reuse=jnp.zeros((), bool),
+            eta=jnp.ones((), dtype), rtol=jnp.asarray(rtol, dtype),
+            atol=jnp.asarray(atol, dtype), nfev=i32, njev=i32, nlinsolve=i32,
+        )
+
+    @staticmethod
+    def stats(state: ImplicitState) -> dict:
+        """Counts for `Solution.stats` (f evaluations inside steps, Jacobians, LU solves)."""
+        return dict(nfev=state.nfev, njev=state.njev, nlinsolve=state.nlinsolve)
+
+    def __repr__(self) -> str:
+        return f"jode.{self.tableau.name}()"
+
+
+class ESDIRK(_ImplicitBase):
+    """An ESDIRK solver from a `DIRKTableau` (explicit first stage, then implicit stages).
+
+    Args:
+        tableau: the method's data.
+        kappa: Newton's stopping tolerance κ on the tolerance-scaled norm (HW 1996 §IV.8
+            suggest 0.01-0.1).
+        max_iters: Newton iterations per stage before the step is rejected.
+        reuse_theta: keep the Jacobian for the next step when every stage's contraction
+            rate θ stayed below this (0 recomputes it every step).
+    """
+
+    tableau: tb.DIRKTableau = eqx.field(static=True)
+    kappa: float = eqx.field(static=True, default=0.01)
+    max_iters: int = eqx.field(static=True, default=10)
+    reuse_theta: float = eqx.field(static=True, default=0.1)
+
+    def __check_init__(self):
+        a = self.tableau.a
+        if a[0, 0] != 0 or np.any(np.diag(a)[1:] == 0) or self.tableau.c[0] != 0:
+            raise ValueError(
+                f"ESDIRK needs an explicit first stage at c_0 = 0 and implicit stages after "
+                f"it; {self.tableau.name} is not of that form"
+            )
+        if not self.tableau.stiffly_accurate:
+            raise ValueError(f"ESDIRK needs a stiffly accurate tableau; {self.tableau.name} is not")
+        if self.kappa <= 0 or self.max_iters < 1:
+            raise ValueError(
+                f"kappa must be > 0 and max_iters >= 1; got kappa={self.kappa}, "
+                f"max_iters={self.max_iters}"
+            )
+
+    @property
+    def f_evals_per_step(self) -> int:
+        """At least one evaluation per implicit stage (Newton may take more)."""
+        return self.tableau.stages - 1
+
+    def step(self, f, t, y, fy, h, state: ImplicitState | None = None) -> ImplicitStepResult:
+        tab = self.tableau
+        if state is None:
+            state = self.init_state(f, t, y, fy)
+        n, dtype = y.shape[0], y.dtype
+        s, gamma = tab.stages, tab.gamma
+
+        # The Jacobian is only Newton's iteration matrix: no derivatives flow through it.
+        fresh = (t != state.jac_t) & ~state.reuse
+        jac = jax.lax.cond(
+            fresh, lambda: jax.lax.stop_gradient(_jacobian(f, t, y)), lambda: state.jac
+        )
+        lu = lu_factor(jnp.eye(n, dtype=dtype) - (gamma * h) * jac)
+        scale = state.atol + state.rtol * jnp.abs(y)
+        weight = jnp.abs(gamma * h) / scale
+
+        a_low = jnp.asarray(np.tril(tab.a, -1), dtype)
+        c = jnp.asarray(tab.c, dtype)
+        ks = jnp.zeros((s, n), dtype).at[0].set(fy)
+
+        def stage(carry, i):
+            ks, eta, iters, ok, theta_ok = carry
+            z = y + h * (a_low[i] @ ks)
+            ti = t + c[i] * h
+            k, info = newton_solve(
+                lambda k: k - f(ti, z + (gamma * h) * k), ks[i - 1], lu, weight,
+                self.kappa, self.max_iters, eta,
+            )
+            fast = info.eta <= self.reuse_theta / (1.0 - self.reuse_theta)
+            return (ks.at[i].set(k), info.eta, iters + info.iterations,
+                    ok & info.converged, theta_ok & fast), None
+
+        init = (ks, state.eta, jnp.zeros((), jnp.int32), jnp.ones((), bool), jnp.ones((), bool))
+        (ks, eta, iters, ok, fast), _ = jax.lax.scan(stage, init, jnp.arange(1, s))
+
+        y1 = y + h * (jnp.asarray(tab.b, dtype) @ ks)
+        f1 = ks[-1]
+        error = h * (jnp.asarray(tab.b_err, dtype) @ ks) if tab.b_err is not None else None
+        ok = ok & jnp.all(jnp.isfinite(y1))
+        new_state = state._replace(
+            jac=jac,
+            jac_t=jnp.where(fresh, t, state.jac_t),
+            reuse=ok & fast & (self.reuse_theta > 0),
+            eta=jnp.where(ok, eta, 1.0).astype(dtype),
+            nfev=state.nfev + iters,
+            njev=state.njev + fresh,
+            nlinsolve=state.nlinsolve + iters,
+        )
+        return ImplicitStepResult(y1, f1, error, hermite_coeffs(y, y1, fy, f1, h), ok, new_state)
+
+
+class Rosenbrock(_ImplicitBase):
+    """A Rosenbrock solver from a `RosenbrockTableau` (exact Jacobian, no iterations)."""
+
+    tableau: tb.RosenbrockTableau = eqx.field(static=True)
+
+    @property
+    def f_evals_per_step(self) -> int:
+        """s - 1 stages and f(t + h, y_1) (the next step's first stage, and Hermite's)."""
+        return self.tableau.stages
+
+    def step(self, f, t, y, fy, h, state: ImplicitState | None = None) -> ImplicitStepResult:
+        tab = self.tableau
+        if state is None:
+            state = self.init_state(f, t, y, fy)
+        n, dtype = y.shape[0], y.dtype
+        s, gamma = tab.stages, tab.gamma
+        a, cmat, m, m_err = (None if x is None else jnp.asarray(x, dtype) for x in tab.transformed)
+        c = jnp.asarray(tab.c, dtype)
+        d = jnp.asarray(tab.d, dtype)
+
+        # The method needs J at (t, y): reuse it only when retrying a rejected step.
+        fresh = t != state.jac_t
+        jac, f_t = jax.lax.cond(
+            fresh,
+            lambda: (_jacobian(f, t, y), _time_derivative(f, t, y)),
+            lambda: (state.jac, state.f_t),
+        )
+        lu = lu_factor(jnp.eye(n, dtype=dtype) / (gamma * h) - jac)
+        us = jnp.zeros((s, n), dtype).at[0].set(lu_solve(lu, fy + (d[0] * h) * f_t))
+
+        def stage(us, i):
+            fi = f(t + c[i] * h, y + a[i] @ us)
+            rhs = fi + (cmat[i] @ us) / h + (d[i] * h) * f_t
+            return us.at[i].set(lu_solve(lu, rhs)), None
+
+        us, _ = jax.lax.scan(stage, us, jnp.arange(1, s))
+        y1 = y + m @ us
+        error = None if m_err is None else m_err @ us
+        f1 = f(t + h, y1)
+        ok = jnp.all(jnp.isfinite(y1))
+        new_state = state._replace(
+            jac=jac, f_t=f_t, jac_t=jnp.where(fresh, t, state.jac_t),
+            nfev=state.nfev + s, njev=state.njev + fresh, nlinsolve=state.nlinsolve + s,
+        )
+        return ImplicitStepResult(y1, f1, error, hermite_coeffs(y, y1, fy, f1, h), ok, new_state)
+
+
+def ImplicitEuler(**newton) -> ESDIRK:  # noqa: N802 - constructor named like the method
+    """Implicit (backward) Euler, order 1, L-stable; adaptive through the trapezoidal rule.
+
+    y_1 = y + h f(t + h, y_1); error estimate h (f(t + h, y_1) - f(t, y)) / 2.
+    Keyword arguments (kappa, max_iters, reuse_theta) go to `ESDIRK`.
+    """
+    return ESDIRK(tb.IMPLICIT_EULER, **newton)
+
+
+def Kvaerno3(**newton) -> ESDIRK:  # noqa: N802
+    """Kværnø (2004) ESDIRK 3(2): 4 stages, L-stable, stiffly accurate.
+
+    Keyword arguments (kappa, max_iters, reuse_theta) go to `ESDIRK`.
+    """
+    return ESDIRK(tb.KVAERNO3, **newton)
+
+
+def Kvaerno5(**newton) -> ESDIRK:  # noqa: N802
+    """Kværnø (2004) ESDIRK 5(4): 7 stages, L-stable, stiffly accurate.
+
+    Keyword arguments (kappa, max_iters, reuse_theta) go to `ESDIRK`.
+
+    Example:
+        >>> sol = jode.solve(robertson, y0, 0.0, 1e5, solver=jode.Kvaerno5(), rtol=1e-6)
+    """
+    return ESDIRK(tb.KVAERNO5, **newton)
+
+
+def Rodas5() -> Rosenbrock:  # noqa: N802
+    """Rodas5 (Di Marzo 1993): Rosenbrock 5(4), 8 stages, L-stable, stiffly accurate."""
+    return Rosenbrock(tb.RODAS5)
+
+
+#: Named constructors, for error messages and test registries.
+IMPLICIT_SOLVERS = {m.__name__: m for m in (ImplicitEuler, Kvaerno3, Kvaerno5, Rodas5)}
