@@ -1,0 +1,20 @@
+"""Optimizing by integrating the gradient flow dθ/dt = -∇L(θ) (Owens & Filkin 1989).
+
+    opt = jode.optim.gradient_flow(rtol=1e-3)            # an optax optimizer, no learning rate
+    res = jode.optim.minimize_by_flow(loss, θ0, args)    # integrate to a steady state
+"""
+
+from .flow import FlowState as FlowState
+from .flow import gradient_flow as gradient_flow
+from .minimize import FlowResult as FlowResult
+from .minimize import minimize_by_flow as minimize_by_flow
+from .rosenbrock import Ros2 as Ros2
+from .rosenbrock import truncated_cg as truncated_cg
+from .testfunctions import CAMEL as CAMEL
+from .testfunctions import GOLDSTEIN_PRICE as GOLDSTEIN_PRICE
+from .testfunctions import ROSENBROCK as ROSENBROCK
+from .testfunctions import TEST_FUNCTIONS as TEST_FUNCTIONS
+from .testfunctions import TestFunction as TestFunction
+from .testfunctions import goldstein_price as goldstein_price
+from .testfunctions import rosenbrock as rosenbrock
+from .testfunctions import six_hump_camel as six_hump_camel
