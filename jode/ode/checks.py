@@ -57,7 +57,7 @@ def check_y0(y0):
 def check_vector_field(f, t0, y0, args):
     """f(t0, y0, args) must return the structure, shapes and dtypes of y0."""
     try:
-        out = jax.eval_shape(f, t0, y0, args)
+        out = eqx.filter_eval_shape(f, t0, y0, args)  # args may hold functions (equinox)
     except Exception as exc:  # the user's function failed: say where
         raise ValueError(
             f"calling the vector field f(t0, y0, args) failed with {type(exc).__name__}: "
