@@ -166,9 +166,9 @@ def _body(prob: _Problem, args, c: _Carry) -> _Carry:
         fy=jnp.where(take, f1, c.fy),
         h=jnp.where(can_step, h_next, c.h),
         prev_inv=jnp.where(can_step, prev_inv, c.prev_inv),
-        steps=c.steps + can_step,
-        accepted=c.accepted + take,
-        rejected=c.rejected + (can_step & ~accept),
+        steps=c.steps + can_step.astype(jnp.int32),
+        accepted=c.accepted + take.astype(jnp.int32),
+        rejected=c.rejected + (can_step & ~accept).astype(jnp.int32),
         status=jnp.where(can_step, failure.astype(c.status.dtype), c.status),
     )
     if prob.stop is not None:
@@ -200,7 +200,7 @@ def _drain_saves(prob, ys, save_idx, last_t, last_h, coeffs):
     """Fill up to SAVE_WINDOW save times inside the last accepted step."""
     d, ts = prob.direction, prob.ts
     n_save = ts.shape[0]
-    window = save_idx + jnp.arange(SAVE_WINDOW)
+    window = save_idx + jnp.arange(SAVE_WINDOW, dtype=save_idx.dtype)
     t_win = ts[jnp.minimum(window, n_save - 1)]
     t_stop = last_t + last_h
     inside = (window < n_save) & (d * t_win <= d * t_stop)
