@@ -87,6 +87,25 @@ class ImplicitStepResult(NamedTuple):
     state: ImplicitState
 
 
+def stage_predictor(c, points: int = 3) -> np.ndarray:
+    """Starting guesses for the stage derivatives: k_i ≈ Σ_j P_ij k_j, j < i.
+
+    Lagrange extrapolation in c through the (up to `points`) latest earlier stages with
+    distinct nodes; a stage whose node repeats an earlier one starts from that stage.
+    """
+    s = len(c)
+    pred = np.zeros((s, s))
+    for i in range(1, s):
+        nodes = []
+        for j in range(i - 1, -1, -1):
+            if all(abs(c[j] - c[m]) > 1e-12 for m in nodes) and len(nodes) < points:
+                nodes.append(j)
+        for j in nodes:
+            others = [m for m in nodes if m != j]
+            pred[i, j] = np.prod([(c[i] - c[m]) / (c[j] - c[m]) for m in others])
+    return pred
+
+
 def _jacobian(f, t, y):
     return jax.jacfwd(lambda y: f(t, y))(y)
 
@@ -149,12 +168,15 @@ class ESDIRK(_ImplicitBase):
         max_iters: Newton iterations per stage before the step is rejected.
         reuse_theta: keep the Jacobian for the next step when every stage's contraction
             rate θ stayed below this (0 recomputes it every step).
+        predictor_points: how many earlier stages extrapolate each stage's starting guess
+            (`stage_predictor`; 1 starts from the previous stage).
     """
 
     tableau: tb.DIRKTableau = eqx.field(static=True)
     kappa: float = eqx.field(static=True, default=0.01)
     max_iters: int = eqx.field(static=True, default=10)
     reuse_theta: float = eqx.field(static=True, default=0.1)
+    predictor_points: int = eqx.field(static=True, default=3)
 
     def __check_init__(self):
         a = self.tableau.a
@@ -194,6 +216,7 @@ class ESDIRK(_ImplicitBase):
 
         a_low = jnp.asarray(np.tril(tab.a, -1), dtype)
         c = jnp.asarray(tab.c, dtype)
+        pred = jnp.asarray(stage_predictor(tab.c, self.predictor_points), dtype)
         ks = jnp.zeros((s, n), dtype).at[0].set(fy)
 
         def stage(carry, i):
@@ -201,7 +224,7 @@ class ESDIRK(_ImplicitBase):
             z = y + h * (a_low[i] @ ks)
             ti = t + c[i] * h
             k, info = newton_solve(
-                lambda k: k - f(ti, z + (gamma * h) * k), ks[i - 1], lu, weight,
+                lambda k: k - f(ti, z + (gamma * h) * k), pred[i] @ ks, lu, weight,
                 self.kappa, self.max_iters, eta,
             )
             fast = info.eta <= self.reuse_theta / (1.0 - self.reuse_theta)

@@ -88,9 +88,13 @@ def newton_solve(residual, guess, lu, weight, kappa, max_iters, eta0):
     """Root of `residual` by simplified Newton, differentiable implicitly (see module doc)."""
 
     def solve(fn, k0):
-        return newton_iterate(fn, k0, lu, weight, kappa, max_iters, eta0)
+        k, info = newton_iterate(fn, k0, lu, weight, kappa, max_iters, eta0)
+        # custom_root's JVP rule gives integer/boolean aux outputs float tangents; pass them
+        # as floats and convert back.
+        return k, jax.tree.map(lambda x: x.astype(k0.dtype), info)
 
     k, info = jax.lax.custom_root(
         residual, jax.lax.stop_gradient(guess), solve, _dense_tangent_solve, has_aux=True
     )
-    return k, jax.tree.map(jax.lax.stop_gradient, info)
+    it, conv, eta = (jax.lax.stop_gradient(x) for x in info)
+    return k, NewtonInfo(it.astype(jnp.int32), conv > 0.5, eta)
