@@ -1,0 +1,1 @@
+"""Parameter recovery internals; the public face is `jode.fit`."""

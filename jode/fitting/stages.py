@@ -1,0 +1,209 @@
+"""Optimizer stages: optax Adam, then L-BFGS with a zoom line search.
+
+A stage is a small immutable description (optimizer hyperparameters and a step budget).
+Its state is an explicit `StageState`; `stage_step(loss, stage, state, aux)` advances one
+iteration and freezes the state once the stage has converged or met a non-finite loss, so
+runs of many iterations (`run_chunk`, a `lax.scan`) and batches of starts (`vmap`) compose.
+
+The recipe (a first-order warm-up, then a quasi-Newton polish) is the one of the DiffEqFlux
+parameter-estimation tutorials (Rackauckas et al. 2019, "DiffEqFlux.jl"); Adam is Kingma &
+Ba (2015), L-BFGS Liu & Nocedal (1989) with the strong-Wolfe zoom line search of Nocedal &
+Wright (2006), *Numerical Optimization*, Alg. 3.5-3.6.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class FitStatus(enum.IntEnum):
+    """Why a stage stopped."""
+
+    RUNNING = 0
+    CONVERGED = 1
+    MAX_STEPS = 2
+    NONFINITE = 3
+
+    @property
+    def message(self) -> str:
+        return {
+            FitStatus.RUNNING: "the stage is still running",
+            FitStatus.CONVERGED: "converged: the gradient norm or the loss change fell below "
+            "the stage's tolerance",
+            FitStatus.MAX_STEPS: "the stage used all its steps; raise steps= for a tighter fit",
+            FitStatus.NONFINITE: "the loss or its gradient became NaN/inf (the solve failed "
+            "for these parameters); lower the learning rate, or start nearer",
+        }[self]
+
+
+class Adam(eqx.Module):
+    """Adam (Kingma & Ba 2015, Alg. 1) for `steps` iterations.
+
+    Args:
+        steps: iterations.
+        learning_rate: the step size α.
+        gtol: stop when the gradient's norm falls below this.
+    """
+
+    steps: int = 500
+    learning_rate: float = 1e-2
+    gtol: float = 0.0
+
+    def __check_init__(self):
+        _check_positive_int("steps", self.steps)
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0; got {self.learning_rate}")
+
+    def optimizer(self):
+        return optax.adam(self.learning_rate)
+
+    @property
+    def uses_line_search(self) -> bool:
+        return False
+
+
+class LBFGS(eqx.Module):
+    """L-BFGS (Liu & Nocedal 1989) with optax's zoom line search (strong Wolfe).
+
+    Args:
+        steps: iterations (each a line search of a few loss evaluations).
+        memory: the number of curvature pairs kept.
+        gtol: stop when the gradient's norm falls below this.
+        ftol: stop when the loss changes by less than ftol·(|L| + ftol) in one step.
+    """
+
+    steps: int = 500
+    memory: int = 10
+    gtol: float = 1e-12
+    ftol: float = 1e-15
+
+    def __check_init__(self):
+        _check_positive_int("steps", self.steps)
+        _check_positive_int("memory", self.memory)
+
+    def optimizer(self):
+        return optax.lbfgs(memory_size=self.memory)
+
+    @property
+    def uses_line_search(self) -> bool:
+        return True
+
+
+def _check_positive_int(name, value):
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {name}={value!r}")
+
+
+class StageState(NamedTuple):
+    """Everything a stage carries between iterations (a pytree: checkpointable)."""
+
+    params: object
+    opt_state: object
+    value: jax.Array  # the loss at `params` (L-BFGS) or at the previous iterate (Adam)
+    grad_norm: jax.Array
+    step: jax.Array
+    status: jax.Array
+
+
+def _tree_norm(tree):
+    return jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree)))
+
+
+def _all_finite(tree):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def init_state(loss, stage, params, aux) -> StageState:
+    """The state before the first iteration (evaluates the loss once)."""
+    dtype = jax.tree.leaves(params)[0].dtype
+    value = loss(params, aux)
+    return StageState(
+        params=params,
+        opt_state=stage.optimizer().init(params),
+        value=jnp.asarray(value, dtype),
+        grad_norm=jnp.asarray(jnp.inf, dtype),
+        step=jnp.zeros((), jnp.int32),
+        status=jnp.asarray(FitStatus.RUNNING, jnp.int32),
+    )
+
+
+def stage_step(loss, stage, state: StageState, aux) -> StageState:
+    """One iteration; a finished state (status != RUNNING) is returned unchanged."""
+    opt = stage.optimizer()
+    fn = lambda p: loss(p, aux)  # noqa: E731
+    if stage.uses_line_search:
+        value, grad = optax.value_and_grad_from_state(fn)(state.params, state=state.opt_state)
+        updates, opt_state = opt.update(
+            grad, state.opt_state, state.params, value=value, grad=grad, value_fn=fn
+        )
+    else:
+        value, grad = jax.value_and_grad(fn)(state.params)
+        updates, opt_state = opt.update(grad, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    gnorm = _tree_norm(grad)
+    finite = jnp.isfinite(value) & _all_finite(grad) & _all_finite(params)
+    step = state.step + 1
+    converged = gnorm <= stage.gtol
+    if stage.uses_line_search:
+        new_value = optax.tree.get(opt_state, "value")
+        change = jnp.abs(value - new_value)
+        converged = converged | (change <= stage.ftol * (jnp.abs(value) + stage.ftol))
+    status = jnp.where(
+        ~finite,
+        FitStatus.NONFINITE,
+        jnp.where(
+            converged,
+            FitStatus.CONVERGED,
+            jnp.where(step >= stage.steps, FitStatus.MAX_STEPS, FitStatus.RUNNING),
+        ),
+    ).astype(jnp.int32)
+    if stage.uses_line_search:
+        value = new_value  # the line search evaluated the loss at the new parameters
+    new = StageState(
+        params=params, opt_state=opt_state, value=jnp.asarray(value, state.value.dtype),
+        grad_norm=gnorm.astype(state.value.dtype), step=step, status=status,
+    )
+    # A non-finite step keeps the last good parameters.
+    new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state._replace(status=status))
+    running = state.status == FitStatus.RUNNING
+    return jax.tree.map(lambda a, b: jnp.where(running, a, b), new, state)
+
+
+def run_chunk(loss, stage, state: StageState, aux, length: int):
+    """`length` iterations as a `lax.scan`; returns (state, the loss at each iteration)."""
+
+    def body(s, _):
+        s = jax.lax.cond(
+            s.status == FitStatus.RUNNING,
+            lambda s: stage_step(loss, stage, s, aux),
+            lambda s: s,
+            s,
+        )
+        return s, s.value
+
+    return jax.lax.scan(body, state, None, length=length)
+
+
+def run_stage(loss, stage, params, aux=None):
+    """A whole stage as one pure function of `params` (jit/vmap/shard friendly)."""
+    aux = jnp.inf if aux is None else aux
+    state = init_state(loss, stage, params, aux)
+    state, _ = run_chunk(loss, stage, state, aux, stage.steps)
+    return state
+
+
+def run_stages(loss, stages, theta, aux=None):
+    """Stages in sequence as one pure function θ -> (θ*, final loss); composes with vmap
+    and `jode.sweep` (no progress bar, no checkpoints: see `jode.fit.fit` for those)."""
+    params = loss.init(theta)
+    value = None
+    for stage in stages:
+        state = run_stage(loss, stage, params, aux)
+        params, value = state.params, state.value
+    return loss.extract(params), value
