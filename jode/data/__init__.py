@@ -8,3 +8,4 @@ from .toy import eight_gaussians as eight_gaussians
 from .toy import sample_density as sample_density
 from .toy import spirals as spirals
 from .toy import two_moons as two_moons
+from .lynx_hare import load_lynx_hare as load_lynx_hare
