@@ -1,0 +1,161 @@
+"""The two-parameter Mittag-Leffler function E_{α,β}(z) for real z.
+
+    E_{α,β}(z) = Σ_{k≥0} z^k / Γ(αk + β),          E_α = E_{α,1},
+
+the "exponential" of fractional calculus: D^α y = -λ y, y(0) = 1 (Caputo, 0 < α ≤ 1) has
+the solution y(t) = E_α(-λ t^α) (Podlubny 1999, *Fractional Differential Equations*, §1.2
+and eq. 4.2.x; Gorenflo, Kilbas, Mainardi & Rogosin 2014, *Mittag-Leffler Functions*).
+
+Summing the series directly fails for z < 0 (its terms grow to ~e^{|z|^{1/α}} before they
+cancel). Following Garrappa (2015, "Numerical evaluation of two and three parameter
+Mittag-Leffler functions", SIAM J. Numer. Anal. 53(3), 1350-1369), E is the inverse Laplace
+transform at t = 1 of
+
+    F(s) = s^{α-β} / (s^α - z),
+
+computed with the trapezoidal rule on a parabolic Talbot-type contour
+s(u) = μ (1 + iu)², u = kh, |k| ≤ N (Weideman & Trefethen 2007, Math. Comp. 76, 1341-1356):
+
+    E_{α,β}(z) ≈ (h / 2πi) Σ_k e^{s(u_k)} F(s(u_k)) s'(u_k)  +  Σ_{poles right of contour} e^{p} p^{1-β} / α.
+
+The poles p = |z|^{1/α} e^{i(arg z + 2πj)/α} on the principal sheet lie either to the left
+of the contour (the quadrature captures them) or to its right (their residues are added).
+Instead of Garrappa's closed-form optimal parameters we pick (μ, h) from a fixed grid by
+minimizing the error model of Weideman-Trefethen/Garrappa: discretization error
+e^{-2π d/h} from the nearest singularity above the contour (distance d in the u-plane),
+e^{μ(1+c)² - 2π c/h} below it, truncation e^{μ(1 - (Nh)²)}, and round-off ε e^{μ}, all
+relative to the expected magnitude of E. The choice is piecewise constant, so it does
+not block gradients: E is differentiable in z, α and β. Small |z| uses the series.
+
+Accuracy (x64, checked against mpmath): ~1e-12 relative for 0 < α ≤ 2, β > 0, real z up to
+overflow; where E is exponentially small (α = 1, z ≪ 0) the error is ~1e-16 absolute.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_N = 48  # nodes on each side of the contour
+_MU_GRID = np.geomspace(0.05, 60.0, 48)
+_H_GRID = np.geomspace(0.01, 1.0, 48)
+_SERIES_RADIUS = 0.5
+_SERIES_TERMS = 80
+
+
+def _series(alpha, beta, z):
+    k = jnp.arange(_SERIES_TERMS, dtype=z.dtype)
+    # 1/Γ(x) without overflow or poles: rgamma is not in jax, Γ > 0 for αk + β > 0.
+    terms = jnp.where(k == 0, 1.0, z) ** k * jnp.exp(-jax.scipy.special.gammaln(alpha * k + beta))
+    return jnp.sum(terms)
+
+
+def _poles(alpha, z):
+    """The three candidate poles and whether each lies on the principal sheet |arg| ≤ π."""
+    arg = jnp.where(z < 0, math.pi, 0.0).astype(z.dtype)
+    j = jnp.arange(-1, 2, dtype=z.dtype)
+    theta = (arg + 2 * math.pi * j) / alpha
+    valid = jnp.abs(theta) <= math.pi * (1 + 1e-12)
+    radius = jnp.abs(z) ** (1 / alpha)
+    return radius * jnp.exp(1j * theta), valid
+
+
+def _contour(alpha, beta, z):
+    cdtype = jnp.result_type(z.dtype, jnp.complex64)
+    eps = jnp.finfo(z.dtype).eps
+    poles, valid = _poles(alpha, z)
+    poles = poles.astype(cdtype)
+    residues = jnp.exp(poles) * poles ** (1 - beta) / alpha
+    residues = jnp.where(valid, residues, 0)
+
+    # Choose (μ, h) by the error model, from stop-gradiented data (the choice is discrete).
+    sg = jax.lax.stop_gradient
+    mu = jnp.asarray(_MU_GRID, z.dtype)[:, None]
+    h = jnp.asarray(_H_GRID, z.dtype)[None, :]
+    p_sg, res_sg = sg(poles), sg(residues)
+    a = jnp.real(jnp.sqrt(p_sg[None, :] / mu))  # (n_mu, 3): Re √(p/μ); 1 is the contour
+    inside = valid & (a < 1)
+    outside = valid & (a >= 1)
+    d = jnp.minimum(1.0, jnp.min(jnp.where(inside, 1 - a, 1.0), axis=1))[:, None]
+    c_max = jnp.minimum(1.5, jnp.min(jnp.where(outside, a - 1, 1.5), axis=1))[:, None]
+    big = jnp.maximum(1.0, jnp.max(jnp.where(inside, jnp.abs(res_sg), 0.0), axis=1))[:, None]
+    out_res = jnp.sum(jnp.where(outside, res_sg, 0), axis=1)[:, None]
+    scale = jnp.abs(out_res) + 1 / (1 + jnp.abs(sg(z)))
+    c = jnp.clip(math.pi / (mu * h) - 1, 1e-3, c_max)
+    err = (
+        big * jnp.exp(-2 * math.pi * d / h)
+        + jnp.exp(mu * (1 + c) ** 2 - 2 * math.pi * c / h)
+        + jnp.exp(mu * (1 - (_N * h) ** 2))
+        + eps * jnp.exp(mu)
+    ) / scale
+    best = jnp.argmin(err)
+    i_mu, i_h = jnp.unravel_index(best, err.shape)
+    mu_b, h_b = mu[i_mu, 0], h[0, i_h]
+
+    u = jnp.arange(-_N, _N + 1, dtype=z.dtype) * h_b
+    s = mu_b * (1 + 1j * u) ** 2
+    ds = 2j * mu_b * (1 + 1j * u)
+    integrand = jnp.exp(s) * s ** (alpha - beta) / (s**alpha - z) * ds
+    value = h_b / (2j * math.pi) * jnp.sum(integrand)
+    a_b = jnp.real(jnp.sqrt(p_sg / mu_b))
+    value = value + jnp.sum(jnp.where(valid & (a_b >= 1), residues, 0))
+    return jnp.real(value)
+
+
+def _scalar(alpha, beta, z):
+    small = jnp.abs(z) <= _SERIES_RADIUS
+    z_series = jnp.where(small, z, 0.0)
+    z_contour = jnp.where(small, 1.0, z)  # a harmless point for the branch not taken
+    return jnp.where(small, _series(alpha, beta, z_series), _contour(alpha, beta, z_contour))
+
+
+# One compiled kernel for every shape of z (jit retraces per shape and dtype only).
+_ml_flat = jax.jit(jax.vmap(_scalar, in_axes=(None, None, 0)))
+
+
+def mittag_leffler(z, alpha, beta=1.0):
+    """E_{α,β}(z) = Σ_k z^k / Γ(αk + β) for real z (elementwise), 0 < α ≤ 2, β > 0.
+
+    Special cases: E_{1,1}(z) = e^z, E_{2,1}(-z²) = cos z, E_{1/2,1}(-z) = e^{z²} erfc(z),
+    E_{1,2}(z) = (e^z - 1)/z. Differentiable in z, α and β; jit- and vmap-compatible.
+
+    Args:
+        z: real array (any shape).
+        alpha: the order α, 0 < α ≤ 2 (a scalar; may be traced).
+        beta: β > 0 (a scalar; may be traced), default 1.
+
+    Returns:
+        An array shaped like z.
+
+    Raises:
+        ValueError: for a concrete α outside (0, 2] or β ≤ 0, or complex z.
+
+    References:
+        Garrappa (2015), SIAM J. Numer. Anal. 53(3):1350-1369 (inverse Laplace transform on
+        a contour, residues of the poles); Weideman & Trefethen (2007), Math. Comp. 76:1341
+        (parabolic contours); Gorenflo, Loutchko & Luchko (2002), Fract. Calc. Appl. Anal.
+        5(4):491 (series and integral representations).
+    """
+    for name, value, ok, rng in (
+        ("alpha", alpha, lambda v: 0 < v <= 2, "0 < alpha <= 2"),
+        ("beta", beta, lambda v: v > 0, "beta > 0"),
+    ):
+        try:
+            v = float(value)
+        except (TypeError, jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+            continue
+        if not ok(v):
+            raise ValueError(f"mittag_leffler needs {rng}; got {name}={v}")
+    if jnp.iscomplexobj(z):
+        raise ValueError("mittag_leffler supports real z only; got a complex array")
+    z = jnp.asarray(z)
+    if not jnp.issubdtype(z.dtype, jnp.floating):
+        z = z.astype(jnp.result_type(float))
+    alpha = jnp.asarray(alpha, z.dtype)
+    beta = jnp.asarray(beta, z.dtype)
+    flat = jnp.reshape(z, (-1,))
+    out = _ml_flat(alpha, beta, flat)
+    return jnp.reshape(out, z.shape)
