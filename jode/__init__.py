@@ -4,6 +4,7 @@
 """
 
 from .ode.adjoint import AbstractAdjoint as AbstractAdjoint
+from .ode.adjoint import BacksolveAdjoint as BacksolveAdjoint
 from .ode.adjoint import DirectAdjoint as DirectAdjoint
 from .ode.adjoint import ForwardMode as ForwardMode
 from .ode.control import ConstantStep as ConstantStep

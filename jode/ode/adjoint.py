@@ -2,8 +2,8 @@
 
 - `DirectAdjoint` (default): discretize-then-optimize. Reverse mode through the adaptive
   step loop with two-level checkpointing (below); forward mode through the plain loop.
-- `BacksolveAdjoint`: optimize-then-discretize, the continuous adjoint of Chen et al. (2018)
-  (see `jode/ode/backsolve.py`).
+- `BacksolveAdjoint`: optimize-then-discretize, the continuous adjoint of Chen et al. (2018),
+  integrating [y, a, ∂L/∂θ] backwards in time with memory flat in the number of steps.
 - `ForwardMode`: a plain `lax.while_loop`, for `jax.jvp` / `jax.jacfwd`.
 
 Constant-step solves with a step count known before tracing run as a `lax.scan`, which
@@ -32,6 +32,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 #: Fields of the solve loop's carry that the body only writes (scatters), never reads.
 WRITE_ONLY_FIELDS = ("ys", "step_ts", "step_ys", "dense_coeffs")
@@ -50,7 +51,10 @@ class AbstractAdjoint(eqx.Module):
 
 def lax_loop(cond, body, init, args, max_iter):
     del max_iter
-    return jax.lax.while_loop(cond, lambda c: body(c, args), init)
+    # A while loop whose vmap skips per-iteration selects (see jode/ode/loop.py).
+    from .loop import while_loop
+
+    return while_loop(cond, body, init, args)
 
 
 class ForwardMode(AbstractAdjoint):
@@ -282,3 +286,173 @@ def checkpointed_loop(cond, body, init, args, max_iter, *, checkpoints=None, wri
         return lax_loop(cond, body, init, args, max_iter)
     return join_carry(core, bufs)
 
+
+
+# --------------------------------------------------------------------------------------
+# The continuous adjoint.
+
+
+class BacksolveAdjoint(AbstractAdjoint):
+    """Optimize-then-discretize: the continuous adjoint, solved backwards in time.
+
+    With a(t) = ∂L/∂y(t), the forward solve y' = f(t, y, θ) is followed by the backward
+    solve of the augmented system (Chen, Rubanova, Bettencourt & Duvenaud 2018, "Neural
+    ordinary differential equations", Appendix B, eqs. (50)-(52)):
+
+        dy/dt = f(t, y, θ),   da/dt = -aᵀ ∂f/∂y,   dg/dt = -aᵀ ∂f/∂θ,
+
+    from the last save time down to t0, with a jumping by ∂L/∂y(tᵢ) at each save time tᵢ
+    (where y is also reset to the forward pass's saved value) and g = 0 at the start; then
+    ∂L/∂y0 = a(t0), ∂L/∂θ = g(t0), ∂L/∂t0 = -a(t0)ᵀ f(t0, y0), ∂L/∂tᵢ = ∂L/∂y(tᵢ)ᵀ f(tᵢ, y(tᵢ))
+    (the latter is ∂L/∂t1 when only t1 is saved). θ is every floating array of `args` (any
+    pytree, equinox modules included) and every array the vector field closes over.
+
+    Memory does not grow with the number of steps: nothing is stored between save times.
+    The gradient is that of the exact solution, up to the backward solve's tolerance, not
+    the exact gradient of the discretized forward solve (use `DirectAdjoint` for that).
+
+    Args:
+        rtol, atol: tolerances of the backward solve (default: the forward solve's).
+        solver: solver of the backward solve (default: the forward solve's).
+        seminorm: measure the backward step's error on y and a only, not on the
+            parameter channel g, whose error does not feed back into the dynamics (Kidger,
+            Chen & Lyons 2021, "'Hey, that's not an ODE': faster ODE adjoints via
+            seminorms", ICML, §3). Fewer backward steps, usually the same accuracy.
+
+    Raises:
+        ValueError: for `SaveAt(steps=True)`, dense output or `stop=` (whose solution does
+            not have a continuous adjoint of this form); use `DirectAdjoint`.
+    """
+
+    rtol: float | None = None
+    atol: float | None = None
+    solver: object = None
+    seminorm: bool = False
+
+    def loop(self, cond, body, init, args, max_iter):
+        return lax_loop(cond, body, init, args, max_iter)
+
+    def solve(self, solve_fn, f, y0, t0, t1, args, **kwargs):
+        saveat = kwargs["saveat"]
+        if saveat.steps or saveat.dense:
+            raise ValueError(
+                "BacksolveAdjoint supports saving at times (saveat=ts) and at t1; for "
+                "SaveAt(steps=True) or dense output use adjoint=jode.DirectAdjoint()"
+            )
+        if kwargs.get("stop") is not None:
+            raise ValueError("BacksolveAdjoint does not support stop=; use jode.DirectAdjoint()")
+        for name in ("rtol", "atol"):
+            own = getattr(self, name)
+            if own is None and jax.tree.structure(kwargs[name]).num_leaves != 1:
+                raise ValueError(
+                    f"per-component {name} needs scalar backward tolerances: pass "
+                    f"jode.BacksolveAdjoint({name}=...)"
+                )
+        dtype = ravel_pytree(y0)[0].dtype
+        t0 = jnp.asarray(t0, dtype)
+        t1 = jnp.asarray(t1, dtype)
+        ts = None if saveat.ts is None else jnp.asarray(saveat.ts, dtype)
+        f_cc = eqx.filter_closure_convert(f, t0, y0, args)
+        return _backsolve((y0, t0, t1, ts, args, f_cc), self, solve_fn, kwargs)
+
+
+@eqx.filter_custom_vjp
+def _backsolve(diff, adjoint, solve_fn, kwargs):
+    y0, t0, t1, ts, args, f_cc = diff
+    kwargs = dict(kwargs)
+    if ts is not None:
+        kwargs["saveat"] = eqx.tree_at(lambda s: s.ts, kwargs["saveat"], ts)
+    return solve_fn(f_cc, y0, t0, t1, args, loop=lax_loop, **kwargs)
+
+
+@_backsolve.def_fwd
+def _backsolve_fwd(perturbed, diff, adjoint, solve_fn, kwargs):
+    del perturbed
+    sol = _backsolve.fn(diff, adjoint, solve_fn, kwargs)
+    return sol, (sol.ts, sol.ys)
+
+
+@_backsolve.def_bwd
+def _backsolve_bwd(residuals, grad_sol, perturbed, diff, adjoint, solve_fn, kwargs):
+    del perturbed
+    from .solve import solve  # solve.py imports this module
+
+    save_ts, ys = residuals
+    y0, t0, t1, ts, args, f_cc = diff
+    y0_flat, unravel = ravel_pytree(y0)
+    dtype = y0_flat.dtype
+    ys_flat = jax.vmap(lambda y: ravel_pytree(y)[0])(ys)
+    ct_ys = grad_sol.ys
+    if ct_ys is None:
+        ct_flat = jnp.zeros_like(ys_flat)
+    else:
+        ct_ys = jax.tree.map(lambda c, y: jnp.zeros_like(y) if c is None else c, ct_ys, ys,
+                             is_leaf=lambda x: x is None)
+        ct_flat = jax.vmap(lambda y: ravel_pytree(y)[0])(ct_ys)
+    theta, theta_rest = eqx.partition((args, f_cc), _is_float)
+
+    def f_flat(t, y, theta):
+        a, fn = eqx.combine(theta, theta_rest)
+        return ravel_pytree(fn(t, unravel(y), a))[0].astype(dtype)
+
+    def aug(t, state, theta):
+        y, a, _ = state
+        fy, pull = jax.vjp(lambda y, th: f_flat(t, y, th), y, theta)
+        da, dth = pull(a)
+        return fy, -da, jax.tree.map(jnp.negative, dth)
+
+    solver = kwargs["solver"] if adjoint.solver is None else adjoint.solver
+    rtol = kwargs["rtol"] if adjoint.rtol is None else adjoint.rtol
+    atol = kwargs["atol"] if adjoint.atol is None else adjoint.atol
+    rtol, atol = (jnp.asarray(jax.tree.leaves(x)[0], dtype) for x in (rtol, atol))
+    if adjoint.seminorm:
+        # Error on (y, a) only: the g channel gets a tolerance so loose its scaled error
+        # vanishes, and (y, a) tolerances shrink by sqrt(n_ya / n) so that the RMS over all
+        # components equals the RMS over (y, a) alone.
+        n_ya = 2 * y0_flat.size
+        n_all = n_ya + sum(x.size for x in jax.tree.leaves(theta))
+        c = (n_ya / n_all) ** 0.5
+        big = jax.tree.map(lambda x: jnp.asarray(1e30 if dtype == jnp.float32 else 1e200, dtype), theta)
+        ones = jax.tree.map(lambda x: jnp.ones((), dtype), theta)
+        rtol = (c * rtol, c * rtol, ones)
+        atol = (c * atol, c * atol, big)
+    controller = kwargs["controller"]
+    dt0, n_steps = kwargs["dt0"], kwargs["n_steps"]
+    constant = dt0 is not None or n_steps is not None
+    if constant:
+        step = jnp.abs((t1 - t0) / n_steps if n_steps is not None else jnp.asarray(dt0, dtype))
+
+    def leg(state, t_from, t_to):
+        """Integrate the augmented system from t_from back to t_to."""
+        dt = None
+        if constant:
+            dt = jnp.where(t_to >= t_from, step, -step)
+        sol = solve(
+            aug, state, t_from, t_to, theta, solver=solver, rtol=rtol, atol=atol, dt0=dt,
+            controller=controller, jump_ts=kwargs["jump_ts"], adjoint=ForwardMode(),
+            max_steps=kwargs["max_steps"], throw=kwargs["throw"],
+        )
+        return jax.tree.map(lambda x: x[-1], sol.ys)
+
+    g0 = jax.tree.map(jnp.zeros_like, theta)
+    a0 = jnp.zeros_like(y0_flat)
+    prev_ts = jnp.concatenate([t0[None], save_ts[:-1]])
+
+    def body(carry, i):
+        a, g = carry
+        a = a + ct_flat[i]
+        _, a, g = leg((ys_flat[i], a, g), save_ts[i], prev_ts[i])
+        return (a, g), None
+
+    idx = jnp.arange(save_ts.shape[0] - 1, -1, -1)
+    (a, g), _ = jax.lax.scan(body, (a0, g0), idx)
+    ct_t = jnp.sum(ct_flat * jax.vmap(lambda t, y: f_flat(t, y, theta))(save_ts, ys_flat), axis=1)
+    g_t0 = -jnp.dot(a, f_flat(t0, y0_flat, theta))
+    if grad_sol.t0 is not None:
+        g_t0 = g_t0 + grad_sol.t0
+    g_t1 = jnp.zeros((), dtype) if ts is not None else ct_t[0]
+    if grad_sol.t1 is not None:
+        g_t1 = g_t1 + grad_sol.t1
+    g_ts = None if ts is None else ct_t
+    g_args, g_fcc = eqx.combine(g, jax.tree.map(lambda _: None, theta_rest))
+    return unravel(a), g_t0, g_t1, g_ts, g_args, g_fcc
