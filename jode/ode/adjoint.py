@@ -456,3 +456,42 @@ def _backsolve_bwd(residuals, grad_sol, perturbed, diff, adjoint, solve_fn, kwar
     g_ts = None if ts is None else ct_t
     g_args, g_fcc = eqx.combine(g, jax.tree.map(lambda _: None, theta_rest))
     return unravel(a), g_t0, g_t1, g_ts, g_args, g_fcc
+
+
+def to_diffrax(adjoint, rtol=None, atol=None):
+    """The diffrax adjoint doing what a jode adjoint does (for `backend="diffrax"`).
+
+    `DirectAdjoint` → `diffrax.RecursiveCheckpointAdjoint` (binomial checkpointing, the
+    exact gradient of the discretized solve), `BacksolveAdjoint` → `diffrax.BacksolveAdjoint`
+    (its own solver/tolerances, and `diffrax.adjoint_rms_seminorm` for `seminorm=True`),
+    `ForwardMode` → `diffrax.ForwardMode`.
+
+    Args:
+        adjoint: a jode adjoint.
+        rtol, atol: the forward solve's tolerances, used by the backward solve when the
+            `BacksolveAdjoint` sets none of its own and asks for the seminorm.
+    """
+    import diffrax as dfx
+
+    if isinstance(adjoint, ForwardMode):
+        return dfx.ForwardMode()
+    if isinstance(adjoint, DirectAdjoint):
+        return dfx.RecursiveCheckpointAdjoint(checkpoints=adjoint.checkpoints)
+    if isinstance(adjoint, BacksolveAdjoint):
+        kwargs = {}
+        if adjoint.solver is not None:
+            from .diffrax_backend import to_diffrax_solver
+
+            kwargs["solver"] = to_diffrax_solver(adjoint.solver)
+        rtol = adjoint.rtol if adjoint.rtol is not None else rtol
+        atol = adjoint.atol if adjoint.atol is not None else atol
+        if adjoint.seminorm or adjoint.rtol is not None or adjoint.atol is not None:
+            if rtol is None or atol is None:
+                raise ValueError(
+                    "BacksolveAdjoint(seminorm=True) with backend='diffrax' needs the backward "
+                    "tolerances: pass jode.BacksolveAdjoint(rtol=..., atol=..., seminorm=True)"
+                )
+            norm = dfx.adjoint_rms_seminorm if adjoint.seminorm else dfx.rms_norm
+            kwargs["stepsize_controller"] = dfx.PIDController(rtol=rtol, atol=atol, norm=norm)
+        return dfx.BacksolveAdjoint(**kwargs)
+    raise ValueError(f"no diffrax counterpart for adjoint {adjoint!r}")
