@@ -244,7 +244,7 @@ class ESDIRK(_ImplicitBase):
             reuse=ok & fast & (self.reuse_theta > 0),
             eta=jnp.where(ok, eta, 1.0).astype(dtype),
             nfev=state.nfev + iters,
-            njev=state.njev + fresh,
+            njev=state.njev + fresh.astype(jnp.int32),
             nlinsolve=state.nlinsolve + iters,
         )
         return ImplicitStepResult(y1, f1, error, hermite_coeffs(y, y1, fy, f1, h), ok, new_state)
@@ -292,7 +292,7 @@ class Rosenbrock(_ImplicitBase):
         ok = jnp.all(jnp.isfinite(y1))
         new_state = state._replace(
             jac=jac, f_t=f_t, jac_t=jnp.where(fresh, t, state.jac_t),
-            nfev=state.nfev + s, njev=state.njev + fresh, nlinsolve=state.nlinsolve + s,
+            nfev=state.nfev + s, njev=state.njev + fresh.astype(jnp.int32), nlinsolve=state.nlinsolve + s,
         )
         return ImplicitStepResult(y1, f1, error, hermite_coeffs(y, y1, fy, f1, h), ok, new_state)
 

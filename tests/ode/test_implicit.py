@@ -1,0 +1,323 @@
+"""Stiff solvers: tableau checks, published reference solutions, convergence order, gradients.
+
+Reference values are those of the Bari IVP test set (Mazzia & Magherini, "Test Set for
+IVP Solvers", release 2.4, 2008; problems ROBER, VDPOL, OREGO, also in Hairer & Wanner
+1996, *Solving ODEs II*, §IV.10). The accuracy metric is the error in units of the requested
+tolerance, max_i |y_i - ref_i| / (atol + rtol |ref_i|), which must be <= 10.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+import jode
+from jode.ode import tableaus as tb
+from jode.ode.implicit import IMPLICIT_SOLVERS, stage_predictor
+
+# ---------------------------------------------------------------------------------------
+# Problems (Bari test set) and their published reference solutions
+# ---------------------------------------------------------------------------------------
+
+
+def rober(t, y, k):
+    """Robertson's chemical kinetics (ROBER); k = (0.04, 3e7, 1e4)."""
+    del t
+    return jnp.stack([
+        -k[0] * y[0] + k[2] * y[1] * y[2],
+        k[0] * y[0] - k[1] * y[1] ** 2 - k[2] * y[1] * y[2],
+        k[1] * y[1] ** 2,
+    ])
+
+
+def vdp(t, y, mu):
+    """Van der Pol, y'' = μ(1 - y²)y' - y, unscaled (VDPOL is its scaled form, ε = 1/μ²)."""
+    del t
+    return jnp.stack([y[1], mu * (1.0 - y[0] ** 2) * y[1] - y[0]])
+
+
+def orego(t, y, p):
+    """The Oregonator (OREGO); p = (77.27, 8.375e-6, 0.161)."""
+    del t
+    return jnp.stack([
+        p[0] * (y[1] + y[0] * (1.0 - p[1] * y[0] - y[1])),
+        (y[2] - (1.0 + y[0]) * y[1]) / p[0],
+        p[2] * (y[0] - y[2]),
+    ])
+
+
+# name: (f, y0, args, t1, atol, reference at t1)
+PROBLEMS = {
+    # ROBER at t = 1e11 (Bari test set, ROBER reference solution).
+    "rober": (rober, [1.0, 0.0, 0.0], [0.04, 3e7, 1e4], 1e11, 1e-14,
+              [0.2083340149701255e-07, 0.8333360770334713e-13, 0.9999999791665050]),
+    # VDPOL (ε = 1e-6) at s = 2: y1 = 0.1706167732170483e+01, y2 = -0.8928097010247975e+00;
+    # with t = μ s and μ = 1000 that is y(2000) and y'(2000) = y2 / μ.
+    "vdp": (vdp, [2.0, 0.0], 1000.0, 2000.0, 1e-8,
+            [0.1706167732170483e01, -0.8928097010247975e00 / 1000.0]),
+    # OREGO at t = 360 (Bari test set, OREGO reference solution).
+    "orego": (orego, [1.0, 2.0, 3.0], [77.27, 8.375e-6, 0.161], 360.0, 1e-8,
+              [0.1000814870318523e01, 0.1228178521549917e04, 0.1320554942846706e03]),
+}
+
+
+def tolerance_units(y, ref, rtol, atol):
+    y, ref = np.asarray(y), np.asarray(ref)
+    return float(np.max(np.abs(y - ref) / (atol + rtol * np.abs(ref))))
+
+
+@functools.cache
+def compiled_solve(problem, solver_name):
+    """One compilation per (problem, solver); tolerances are traced arguments."""
+    f, _, _, t1, _, _ = PROBLEMS[problem]
+    solver = IMPLICIT_SOLVERS[solver_name]()
+
+    @jax.jit
+    def run(y0, args, rtol, atol):
+        sol = jode.solve(f, y0, 0.0, t1, args, solver=solver, rtol=rtol, atol=atol,
+                         max_steps=20000)
+        return sol.ys[-1], sol.stats, sol.status
+
+    return run
+
+
+def _solve_problem(problem, solver_name, rtol):
+    _, y0, args, _, atol, _ = PROBLEMS[problem]
+    run = compiled_solve(problem, solver_name)
+    return run(jnp.asarray(y0, jnp.float64), jnp.asarray(args, jnp.float64),
+               jnp.asarray(rtol, jnp.float64), jnp.asarray(atol, jnp.float64))
+
+
+# ---------------------------------------------------------------------------------------
+# Tableaux
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tableau", [tb.IMPLICIT_EULER, tb.KVAERNO3, tb.KVAERNO5])
+def test_dirk_order_conditions(tableau):
+    res = tb.order_residuals(tableau.a, tableau.b, tableau.order)
+    assert max(res.values()) < 1e-12
+    res_hat = tb.order_residuals(tableau.a, tableau.b - tableau.b_err, tableau.embedded_order)
+    assert max(res_hat.values()) < 1e-12
+    assert tableau.stiffly_accurate
+    # The embedded method misses the next order (it is a genuine lower-order estimate).
+    if tableau.embedded_order < tableau.order:
+        miss = tb.order_residuals(tableau.a, tableau.b - tableau.b_err, tableau.order)
+        assert miss[tableau.embedded_order + 1] > 1e-4
+
+
+def test_dirk_stability_at_infinity():
+    """L-stability: R(z) = 1 + z bᵀ(I - zA)⁻¹1 decays like 1/|z| as z → -∞ (R(∞) = 0)."""
+    for tableau in (tb.IMPLICIT_EULER, tb.KVAERNO3, tb.KVAERNO5):
+        a, b = tableau.a, tableau.b
+
+        def r(z, a=a, b=b):
+            return 1 + z * b @ np.linalg.solve(np.eye(len(b)) - z * a, np.ones(len(b)))
+
+        assert abs(r(-1e6)) < 1e-5
+        assert abs(r(-1e6) * 1e6 / (r(-1e4) * 1e4) - 1) < 0.05  # ~ C/z: the limit is 0
+        # A-stability along the imaginary axis and the left half-plane samples.
+        for z in (-1.0, -10.0, 1j, 10j, -1 + 5j):
+            assert abs(r(z)) <= 1 + 1e-12
+
+
+def test_rodas5_order_conditions_and_bad_digit():
+    res = tb.rosenbrock_order_residuals(
+        (tb.RODAS5.alpha, tb.RODAS5.alpha + tb.RODAS5.gamma_matrix), tb.RODAS5.b, 5
+    )
+    assert max(res.values()) < 1e-13
+    # The other published digit of α_64 misses the order-3 conditions by ~5e-12: caught at tol 1e-13.
+    alpha = np.array(tb.RODAS5.alpha)
+    alpha[5, 3] = -0.2076823627400282
+    with pytest.raises(ValueError, match="order conditions fail"):
+        tb.RosenbrockTableau("bad", alpha, tb.RODAS5.gamma_matrix - (alpha - tb.RODAS5.alpha),
+                             tb.RODAS5.b, order=5, tol=1e-13)
+
+
+def test_rodas5_transformed_coefficients():
+    """A = αΓ⁻¹ reproduces the published a_21 = 2, a_31 = 3.040894194418781 (HW IV.7.25)."""
+    a, c, m, _ = tb.RODAS5.transformed
+    assert a[1, 0] == pytest.approx(2.0, abs=1e-12)
+    assert a[2, 0] == pytest.approx(3.040894194418781, abs=1e-12)
+    assert c[1, 0] == pytest.approx(-10.31323885133993, abs=1e-10)
+
+
+def test_tableau_validation_messages():
+    with pytest.raises(ValueError, match="singly diagonally implicit"):
+        tb.DIRKTableau("x", [[0.5, 0.0], [0.0, 0.25]], [0.5, 0.5], [0.5, 0.25], order=1)
+    with pytest.raises(ValueError, match="lower triangular"):
+        tb.DIRKTableau("x", [[0.5, 0.5], [0.0, 0.5]], [0.5, 0.5], [1.0, 0.5], order=1)
+    with pytest.raises(ValueError, match="explicit first stage"):
+        jode.ESDIRK(tb.DIRKTableau("x", [[1.0]], [1.0], [1.0], order=1))
+
+
+def test_stage_predictor_is_lagrange_extrapolation():
+    c = tb.KVAERNO5.c
+    pred = stage_predictor(c)
+    # Exact for quadratics in c: Σ_j P_ij c_j^q = c_i^q, q = 0, 1, 2 (stages with 3 nodes).
+    for i in range(3, len(c) - 1):
+        for q in range(3):
+            assert pred[i] @ c**q == pytest.approx(c[i] ** q, abs=1e-12)
+
+
+# ---------------------------------------------------------------------------------------
+# Published reference solutions
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("problem", ["rober", "vdp", "orego"])
+@pytest.mark.parametrize("solver_name", ["Kvaerno5", "Rodas5"])
+def test_reference_solutions(problem, solver_name):
+    rtol = 1e-6
+    y1, stats, status = _solve_problem(problem, solver_name, rtol)
+    assert int(status) == 0
+    err = tolerance_units(y1, PROBLEMS[problem][5], rtol, PROBLEMS[problem][4])
+    assert err <= 10.0, f"{solver_name} on {problem}: error {err:.2f} tolerance units"
+    assert int(stats["njev"]) >= 1 and int(stats["nlinsolve"]) >= int(stats["accepted"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("problem", ["rober", "vdp", "orego"])
+@pytest.mark.parametrize("solver_name", ["Kvaerno3", "Kvaerno5", "Rodas5"])
+def test_reference_solutions_tight(problem, solver_name):
+    rtol = 1e-8
+    y1, _, status = _solve_problem(problem, solver_name, rtol)
+    assert int(status) == 0
+    err = tolerance_units(y1, PROBLEMS[problem][5], rtol, PROBLEMS[problem][4])
+    assert err <= 10.0, f"{solver_name} on {problem}: error {err:.2f} tolerance units"
+
+
+def test_low_order_methods_on_robertson_to_1e5():
+    """Implicit Euler and Kvaerno3 on ROBER to t = 1e5 against scipy Radau at rtol 1e-12."""
+    k = np.array([0.04, 3e7, 1e4])
+    ref = solve_ivp(lambda t, y: np.asarray(rober(t, y, k)), (0.0, 1e5), [1.0, 0.0, 0.0],
+                    method="Radau", rtol=1e-12, atol=1e-20).y[:, -1]
+    y0 = jnp.asarray([1.0, 0.0, 0.0])
+    for solver, rtol in ((jode.Kvaerno3(), 1e-6), (jode.ImplicitEuler(), 1e-4)):
+        sol = jode.solve(rober, y0, 0.0, 1e5, jnp.asarray(k), solver=solver, rtol=rtol,
+                         atol=1e-12, max_steps=20000)
+        err = tolerance_units(sol.ys[-1], ref, rtol, 1e-12)
+        assert err <= 10.0, f"{solver!r}: error {err:.2f} tolerance units"
+
+
+# ---------------------------------------------------------------------------------------
+# Empirical convergence order (constant steps)
+# ---------------------------------------------------------------------------------------
+
+
+def smooth(t, y, args):
+    """A smooth non-autonomous test problem (exercises ∂f/∂t in the Rosenbrock stages)."""
+    del args
+    return jnp.stack([-y[0] + y[1] ** 2, -2.0 * y[1] + jnp.sin(3.0 * t)])
+
+
+@pytest.mark.parametrize(
+    "solver_name, steps",
+    [("ImplicitEuler", (64, 128, 256)), ("Kvaerno3", (8, 16, 32)), ("Kvaerno5", (4, 8, 16)),
+     ("Rodas5", (4, 8, 16))],
+)
+def test_empirical_order(solver_name, steps):
+    solver = IMPLICIT_SOLVERS[solver_name]()
+    y0 = jnp.asarray([1.0, 0.5])
+    ref = solve_ivp(lambda t, y: np.asarray(smooth(t, y, None)), (0.0, 2.0), [1.0, 0.5],
+                    method="DOP853", rtol=1e-13, atol=1e-13).y[:, -1]
+
+    @jax.jit
+    def run(dt):  # dt traced: one compilation for every step size
+        sol = jode.solve(smooth, y0, 0.0, 2.0, solver=solver, dt0=dt, rtol=1e-13,
+                         atol=1e-13, controller=jode.ConstantStep(), max_steps=512)
+        return sol.ys[-1]
+
+    hs = np.array([2.0 / n for n in steps])
+    errs = np.array([np.max(np.abs(np.asarray(run(jnp.asarray(h))) - ref)) for h in hs])
+    slope = np.polyfit(np.log(hs), np.log(errs), 1)[0]
+    assert abs(slope - solver.order) < 0.35, f"{solver_name}: slope {slope:.2f}, errors {errs}"
+
+
+# ---------------------------------------------------------------------------------------
+# Failures, statistics, dense output
+# ---------------------------------------------------------------------------------------
+
+
+def test_newton_failure_is_a_status():
+    """A Newton iteration allowed one iteration at a demanding κ always fails: the solve
+    rejects, shrinks, and ends with NEWTON_FAILED instead of raising inside the loop."""
+    solver = jode.Kvaerno3(max_iters=1, kappa=1e-12)
+    sol = jode.solve(vdp, jnp.asarray([2.0, 0.0]), 0.0, 1.0, 1000.0, solver=solver,
+                     rtol=1e-6, atol=1e-8, throw=False, max_steps=200)
+    assert int(sol.status) == int(jode.Status.NEWTON_FAILED)
+    assert int(sol.stats["accepted"]) == 0
+    with pytest.raises(Exception, match="Newton"):
+        jode.solve(vdp, jnp.asarray([2.0, 0.0]), 0.0, 1.0, 1000.0, solver=solver, rtol=1e-6,
+                   atol=1e-8, max_steps=200)
+
+
+def test_constructor_without_call_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"solver=jode.Kvaerno5\(\)"):
+        jode.solve(vdp, jnp.asarray([2.0, 0.0]), 0.0, 1.0, 1000.0, solver=jode.Kvaerno5)
+
+
+def test_dense_output_and_saveat_against_reference():
+    """Hermite dense output of Rodas5 on ROBER between steps vs scipy Radau at rtol 1e-12."""
+    k = np.array([0.04, 3e7, 1e4])
+    ts = np.array([0.3, 4.0, 40.0, 400.0])
+    ref = solve_ivp(lambda t, y: np.asarray(rober(t, y, k)), (0.0, 400.0), [1.0, 0.0, 0.0],
+                    method="Radau", rtol=1e-12, atol=1e-20, t_eval=ts).y.T
+    sol = jode.solve(rober, jnp.asarray([1.0, 0.0, 0.0]), 0.0, 400.0, jnp.asarray(k),
+                     solver=jode.Rodas5(), rtol=1e-8, atol=1e-12, saveat=jnp.asarray(ts),
+                     dense=True)
+    assert tolerance_units(sol.ys, ref, 1e-6, 1e-10) <= 10.0
+    mid = np.asarray(sol.evaluate(jnp.asarray(ts)))
+    np.testing.assert_allclose(mid, np.asarray(sol.ys), rtol=1e-12, atol=1e-16)
+
+
+# ---------------------------------------------------------------------------------------
+# Gradients
+# ---------------------------------------------------------------------------------------
+
+
+def _rober_loss(solver, adjoint):
+    ts = jnp.asarray([1.0, 10.0, 100.0])
+    y0 = jnp.asarray([1.0, 0.0, 0.0])
+
+    def loss(log_k):
+        sol = jode.solve(rober, y0, 0.0, 100.0, jnp.exp(log_k), solver=solver, rtol=1e-10,
+                         atol=1e-14, saveat=ts, adjoint=adjoint, max_steps=4000)
+        return jnp.sum(sol.ys[:, 0]) + 1e4 * jnp.sum(sol.ys[:, 1])
+
+    return loss
+
+
+def _central_differences(value_fn, x, eps):
+    return np.array([
+        (value_fn(x.at[i].add(eps)) - value_fn(x.at[i].add(-eps))) / (2 * eps)
+        for i in range(x.shape[0])
+    ])
+
+
+@pytest.mark.parametrize("solver_name", ["Kvaerno5", pytest.param("Rodas5", marks=pytest.mark.slow)])
+def test_robertson_gradient_vs_finite_differences(solver_name):
+    """Reverse mode (DirectAdjoint) through an adaptive stiff solve w.r.t. log rate constants."""
+    loss = _rober_loss(IMPLICIT_SOLVERS[solver_name](), jode.DirectAdjoint())
+    value_and_grad = jax.jit(jax.value_and_grad(loss))  # one compilation serves both
+    log_k = jnp.log(jnp.asarray([0.04, 3e7, 1e4]))
+    _, grad = value_and_grad(log_k)
+    fd = _central_differences(lambda x: float(value_and_grad(x)[0]), log_k, 1e-5)
+    np.testing.assert_allclose(np.asarray(grad), fd, rtol=1e-4, atol=1e-7)
+    assert np.min(np.abs(fd)) > 1e-2  # every rate constant matters: a real check
+
+
+@pytest.mark.slow
+def test_robertson_gradient_forward_equals_reverse():
+    loss_fwd = _rober_loss(jode.Kvaerno5(), jode.ForwardMode())
+    loss_rev = _rober_loss(jode.Kvaerno5(), jode.DirectAdjoint())
+    log_k = jnp.log(jnp.asarray([0.04, 3e7, 1e4]))
+    np.testing.assert_allclose(
+        np.asarray(jax.jacfwd(loss_fwd)(log_k)), np.asarray(jax.grad(loss_rev)(log_k)),
+        rtol=1e-9,
+    )
