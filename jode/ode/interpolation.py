@@ -53,7 +53,7 @@ def evaluate_steps(step_ts, coeffs, n_steps, t, direction):
         direction: +1 or -1, the direction of integration.
     """
     s = direction * step_ts
-    valid = jnp.arange(s.shape[0]) <= n_steps
+    valid = jnp.arange(s.shape[0], dtype=jnp.asarray(n_steps).dtype) <= n_steps
     s = jnp.where(valid, s, jnp.inf)
     idx = jnp.searchsorted(s, direction * t, side="left") - 1
     idx = jnp.clip(idx, 0, jnp.maximum(n_steps - 1, 0))
