@@ -21,6 +21,8 @@ class TestFunction(NamedTuple):
         box: ((x_lo, x_hi), (y_lo, y_hi)), the usual domain.
         minimizers: global minimizers, shape (m, 2).
         minimum: the global minimum value.
+        local_minimizers: all local minimizers in (and near) the box, the global ones first;
+            `jode.optim.compare.local_minima` recomputes them.
     """
 
     fn: object
@@ -28,6 +30,7 @@ class TestFunction(NamedTuple):
     box: tuple
     minimizers: tuple
     minimum: float
+    local_minimizers: tuple = ()
 
 
 def six_hump_camel(p):
@@ -62,15 +65,23 @@ def rosenbrock(p):
 CAMEL = TestFunction(
     six_hump_camel, "six-hump camel", ((-2.0, 2.0), (-1.0, 1.0)),
     ((0.0898420131, -0.7126564030), (-0.0898420131, 0.7126564030)), -1.0316284535,
+    ((0.0898420131, -0.7126564030), (-0.0898420131, 0.7126564030), (-1.7036067093, 0.7960835687),
+     (1.7036067093, -0.7960835687), (-1.6071047529, -0.5686514518), (1.6071047529, 0.5686514518)),
 )
 GOLDSTEIN_PRICE = TestFunction(
-    goldstein_price, "Goldstein-Price", ((-2.0, 2.0), (-2.0, 2.0)), ((0.0, -1.0),), 3.0
+    goldstein_price, "Goldstein-Price", ((-2.0, 2.0), (-2.0, 2.0)), ((0.0, -1.0),), 3.0,
+    ((0.0, -1.0), (-0.6, -0.4), (1.8, 0.2), (1.2, 0.8)),
 )
-ROSENBROCK = TestFunction(rosenbrock, "Rosenbrock", ((-2.0, 2.0), (-1.0, 3.0)), ((1.0, 1.0),), 0.0)
+ROSENBROCK = TestFunction(
+    rosenbrock, "Rosenbrock", ((-2.0, 2.0), (-1.0, 3.0)), ((1.0, 1.0),), 0.0, ((1.0, 1.0),)
+)
 
 TEST_FUNCTIONS = {"camel": CAMEL, "goldstein_price": GOLDSTEIN_PRICE, "rosenbrock": ROSENBROCK}
 
 
-def global_minimizers(test: TestFunction, dtype=jnp.float64):
-    """The global minimizers as an (m, 2) array."""
-    return jnp.asarray(test.minimizers, dtype)
+def local_minima_table(test: TestFunction, dtype=jnp.float64):
+    """(minimizers (m, 2), values (m,), is_global (m,)) of the known local minima."""
+    pts = jnp.asarray(test.local_minimizers, dtype)
+    vals = jnp.stack([test.fn(p) for p in pts])
+    is_global = jnp.abs(vals - test.minimum) < 1e-6
+    return pts, vals, is_global

@@ -1,0 +1,376 @@
+"""Optimizing by integrating the gradient flow vs SGD, momentum, Adam and L-BFGS.
+
+Reproduces the comparison of "Neural network back-propagation revisited with ordinary
+differential equations" (Towards Data Science, 2020) after Owens & Filkin (1989):
+
+1. six-hump camel, Goldstein-Price and Rosenbrock from a grid of starting points: how often
+   each optimizer reaches the global minimum, and the iterations, gradient evaluations and
+   wall time it needs to get within 1e-6 (in f) of the nearest local minimum; contour plots
+   of the paths and an animated GIF;
+2. an MLP on scikit-learn's digits 0-4 with the article's protocol scaled to that data set
+   (100 images per digit for training, 40 per digit for validation, early stopping when 50
+   iterations bring no 5 % improvement of the validation loss, accuracy on all remaining
+   0-4 images), gradient flow vs Adam (tuned learning rate) vs SGD (tuned);
+3. the XOR truth table as a smoke case, and real MNIST 0-4 when $JODE_MNIST_DIR is set.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jode.ode.explicit import Bosh3
+from jode.optim import compare as C
+from jode.optim.rosenbrock import Ros2
+from jode.optim.testfunctions import TEST_FUNCTIONS, local_minima_table
+
+NAME = "ode-optimizer"
+ORDER = 50
+
+#: Tolerances of the gradient flow on the test functions: one setting for all three.
+FLOW_TOL = {"flow": dict(rtol=1e-5, atol=1e-7), "flow-ros2": dict(rtol=1e-3, atol=1e-5)}
+LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+#: Learning rates used in quick mode (the ones the full mode's tuning picked).
+QUICK_LR = {"camel": {"sgd": 3e-3, "momentum": 1e-3, "adam": 3e-2},
+            "goldstein_price": {"sgd": 1e-3, "momentum": 1e-3, "adam": 3e-2},
+            "rosenbrock": {"sgd": 1e-3, "momentum": 1e-3, "adam": 3e-2}}
+TARGET = 1e-6
+
+
+# --------------------------------------------------------------------------------------
+# 1. Test functions
+# --------------------------------------------------------------------------------------
+
+
+def grid_starts(test, n: int) -> jax.Array:
+    """An n x n grid of starting points over the function's box (edges excluded)."""
+    (x0, x1), (y0, y1) = test.box
+    xs = np.linspace(x0, x1, n + 2)[1:-1]
+    ys = np.linspace(y0, y1, n + 2)[1:-1]
+    gx, gy = np.meshgrid(xs, ys)
+    return jnp.asarray(np.stack([gx.ravel(), gy.ravel()], axis=1), jnp.float64)
+
+
+def _summary(res, is_global, lr):
+    hit = np.asarray(res.hit_iters) >= 0
+    glob = hit & np.asarray(is_global)[np.asarray(res.nearest)]
+    med = lambda a: float(np.median(np.asarray(a)[hit])) if hit.any() else None  # noqa: E731
+    return dict(
+        learning_rate=lr, starts=int(hit.size), reached=int(hit.sum()), reached_global=int(glob.sum()),
+        fraction_global=float(glob.mean()), median_iterations=med(res.hit_iters),
+        median_grad_evals=med(res.hit_nfev),
+    )
+
+
+def compare_function(key: str, n_grid: int, kinds, max_iters: int, tune: bool, n_timed: int):
+    """All optimizers on one test function from an n_grid² grid; returns a metrics dict."""
+    test = TEST_FUNCTIONS[key]
+    minima, values, is_global = local_minima_table(test)
+    starts = grid_starts(test, n_grid)
+    out = {}
+    for kind in kinds:
+        tol = FLOW_TOL.get(kind, {})
+
+        def one(x, lr, kind=kind, tol=tol):
+            return C.run_to_target(kind, test.fn, x, minima, values, learning_rate=lr,
+                                   max_iters=max_iters, target=TARGET, **tol)
+
+        batch = jax.jit(jax.vmap(one, in_axes=(0, None)))
+        needs_lr = kind in ("sgd", "momentum", "adam")
+        lrs = (LR_GRID if tune else (QUICK_LR[key][kind],)) if needs_lr else (1.0,)
+        best = None
+        for lr in lrs:
+            t = time.perf_counter()
+            res = jax.block_until_ready(batch(starts, jnp.asarray(lr, jnp.float64)))
+            s = _summary(res, is_global, lr if needs_lr else None)
+            s["batch_wall_s"] = time.perf_counter() - t
+            rank = (s["reached_global"], s["reached"], -(s["median_grad_evals"] or np.inf))
+            if best is None or rank > best[0]:
+                best = (rank, s, res)
+        _, s, res = best
+        # Wall time per start, single runs (jit once, then time n_timed starts).
+        lr = jnp.asarray(1.0 if s["learning_rate"] is None else s["learning_rate"], jnp.float64)
+        single = jax.jit(one)
+        jax.block_until_ready(single(starts[0], lr))
+        hit_idx = np.flatnonzero(np.asarray(res.hit_iters) >= 0)
+        walls = []
+        for i in hit_idx[:: max(1, len(hit_idx) // max(n_timed, 1))][:n_timed]:
+            t = time.perf_counter()
+            jax.block_until_ready(single(starts[i], lr))
+            walls.append(time.perf_counter() - t)
+        s["median_wall_ms"] = float(np.median(walls) * 1e3) if walls else None
+        out[kind] = s
+    return out
+
+
+def _paths(key, kinds, lrs, x0, n_iters):
+    test = TEST_FUNCTIONS[key]
+    paths = {}
+    for kind in kinds:
+        lr = lrs.get(kind)
+        f = jax.jit(lambda x, kind=kind, lr=lr: C.trajectory(kind, test.fn, x, n_iters,
+                                                             learning_rate=lr, **FLOW_TOL.get(kind, {})))
+        paths[kind] = np.asarray(f(jnp.asarray(x0, jnp.float64)))
+    return paths
+
+
+def _contour(ax, key):
+    test = TEST_FUNCTIONS[key]
+    (x0, x1), (y0, y1) = test.box
+    gx, gy = np.meshgrid(np.linspace(x0, x1, 200), np.linspace(y0, y1, 200))
+    z = np.asarray(jax.vmap(test.fn)(jnp.asarray(np.stack([gx.ravel(), gy.ravel()], 1))))
+    z = z.reshape(gx.shape)
+    levels = np.quantile(z, np.linspace(0, 1, 30) ** 2) if key != "camel" else 30
+    if key in ("goldstein_price", "rosenbrock"):
+        ax.contour(gx, gy, np.log10(z - z.min() + 1e-3), 30, cmap="viridis", linewidths=0.6)
+    else:
+        ax.contour(gx, gy, z, levels, cmap="viridis", linewidths=0.6)
+    m = np.asarray(test.minimizers)
+    ax.plot(m[:, 0], m[:, 1], "k*", ms=12)
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+    ax.set_title(test.name)
+
+
+COLORS = {"flow": "C3", "flow-ros2": "C5", "sgd": "C0", "momentum": "C1", "adam": "C2", "lbfgs": "C4"}
+
+
+def path_figure(out_dir: Path, all_paths: dict):
+    from jode.plot import pyplot, savefig
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(all_paths), figsize=(5.2 * len(all_paths), 4.3))
+    for ax, (key, paths) in zip(np.atleast_1d(axes), all_paths.items(), strict=True):
+        _contour(ax, key)
+        for kind, p in paths.items():
+            ax.plot(p[:, 0], p[:, 1], ".-", color=COLORS[kind], lw=1.2, ms=3, label=kind)
+        ax.plot(*next(iter(paths.values()))[0], "ko", ms=6)
+    np.atleast_1d(axes)[0].legend(fontsize=8, loc="upper left")
+    return savefig(fig, out_dir / "paths.png")
+
+
+def path_gif(out_dir: Path, key: str, paths: dict, frames: int):
+    """Animated paths (matplotlib.animation with the pillow writer), like the article's."""
+    from matplotlib import animation
+
+    from jode.plot import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    _contour(ax, key)
+    lines = {k: ax.plot([], [], ".-", color=COLORS[k], lw=1.5, ms=4, label=k)[0] for k in paths}
+    ax.legend(fontsize=8, loc="upper left")
+
+    def draw(i):
+        for k, line in lines.items():
+            line.set_data(paths[k][: i + 1, 0], paths[k][: i + 1, 1])
+        return list(lines.values())
+
+    anim = animation.FuncAnimation(fig, draw, frames=frames, interval=120, blit=True)
+    path = out_dir / f"paths_{key}.gif"
+    anim.save(path, writer=animation.PillowWriter(fps=8), dpi=70)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------
+# 2. Networks: digits 0-4 (and MNIST 0-4 when present), XOR
+# --------------------------------------------------------------------------------------
+
+#: Training optimizers: (kind, learning-rate grid or None, extra keyword arguments).
+TRAIN_OPTIMIZERS = {
+    "flow (Bosh3)": ("flow", None, dict(rtol=1e-3, atol=1e-4, solver=Bosh3())),
+    "flow (Ros2)": ("flow-ros2", None, dict(rtol=1e-2, atol=1e-3, solver=Ros2(krylov_steps=5, krylov_rtol=1e-2))),
+    "adam": ("adam", (1e-3, 3e-3, 1e-2, 3e-2, 1e-1), {}),
+    "sgd": ("sgd", (0.1, 0.3, 1.0, 3.0), {}),
+}
+
+
+def split_per_class(x, y, n_train: int, n_val: int, seed: int):
+    """Per class: n_train for training, n_val for validation, all the rest for testing."""
+    rng = np.random.default_rng(seed)
+    parts = ([], [], [])
+    for label in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == label))
+        for part, sel in zip(parts, (idx[:n_train], idx[n_train:n_train + n_val], idx[n_train + n_val:]),
+                             strict=True):
+            part.append(sel)
+    return [(jnp.asarray(x[np.concatenate(p)]), jnp.asarray(y[np.concatenate(p)])) for p in parts]
+
+
+def init_mlp(key, sizes, dtype=jnp.float32):
+    """[(W, b), …] with W ~ N(0, 1/fan_in) (LeCun normal) and b = 0."""
+    params = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+        key, sub = jax.random.split(key)
+        w = jax.random.normal(sub, (fan_in, fan_out), dtype) * jnp.asarray(1.0 / np.sqrt(fan_in), dtype)
+        params.append((w, jnp.zeros((fan_out,), dtype)))
+    return params
+
+
+def mlp(params, x):
+    for w, b in params[:-1]:
+        x = jnp.tanh(x @ w + b)
+    w, b = params[-1]
+    return x @ w + b
+
+
+def xent(params, x, y):
+    return optax.softmax_cross_entropy_with_integer_labels(mlp(params, x), y).mean()
+
+
+def accuracy(params, x, y):
+    return float(jnp.mean(jnp.argmax(mlp(params, x), axis=-1) == y))
+
+
+def train_compare(data, sizes, seeds, optimizers, max_iters: int, progress=None):
+    """Each optimizer on each seed (initialization); learning rates tuned on the validation
+    loss of the first seed. Returns per-optimizer means and per-seed records."""
+    train, val, test = data
+    out = {}
+    for name, (kind, lrs, kw) in optimizers.items():
+        run = jax.jit(lambda p, lr, kind=kind, kw=kw: C.train_early_stopping(
+            kind, xent, p, train, val, learning_rate=lr, max_iters=max_iters, **kw))
+        p0 = init_mlp(jax.random.PRNGKey(seeds[0]), sizes)
+        t = time.perf_counter()
+        compiled = run.lower(p0, jnp.asarray(1.0, jnp.float32)).compile()
+        compile_s = time.perf_counter() - t
+        lr = None
+        if lrs is not None:
+            scores = [float(compiled(p0, jnp.asarray(c, jnp.float32)).best_val_loss) for c in lrs]
+            lr = lrs[int(np.nanargmin(scores))]
+        records = []
+        for seed in seeds:
+            p0 = init_mlp(jax.random.PRNGKey(seed), sizes)
+            lr_arr = jnp.asarray(1.0 if lr is None else lr, jnp.float32)
+            t = time.perf_counter()
+            res = jax.block_until_ready(compiled(p0, lr_arr))
+            wall = time.perf_counter() - t
+            records.append(dict(seed=seed, test_accuracy=accuracy(res.params, *test),
+                                val_accuracy=accuracy(res.params, *val), iterations=int(res.iterations),
+                                grad_evals=int(res.grad_evals), wall_s=wall))
+            if progress is not None:
+                progress.update(1)
+        mean = lambda k: float(np.mean([r[k] for r in records]))  # noqa: E731
+        out[name] = dict(learning_rate=lr, compile_s=compile_s, test_accuracy=mean("test_accuracy"),
+                         test_accuracy_std=float(np.std([r["test_accuracy"] for r in records])),
+                         iterations=mean("iterations"), grad_evals=mean("grad_evals"),
+                         wall_s=mean("wall_s"), runs=records)
+    return out
+
+
+def digits_data(seed: int = 0):
+    """Digits 0-4: 100 per class train, 40 per class validation, the rest (≈40) test."""
+    from jode.data import load_digits
+
+    x, y, _, _ = load_digits(test_fraction=0.0, classes=range(5))
+    return split_per_class(x, y, 100, 40, seed)
+
+
+def xor_fit(optimizers, max_iters: int = 2000):
+    """A 2-4-1 tanh network on the XOR truth table (x64): final loss and whether all four
+    outputs fall on the right side of 0.5."""
+    x = jnp.asarray([[0, 0], [0, 1], [1, 0], [1, 1]], jnp.float64)
+    y = jnp.asarray([0, 1, 1, 0], jnp.float64)
+
+    def loss(p):
+        (w1, b1), (w2, b2) = p
+        out = jax.nn.sigmoid(jnp.tanh(x @ w1 + b1) @ w2 + b2)[:, 0]
+        return jnp.mean((out - y) ** 2)
+
+    p0 = init_mlp(jax.random.PRNGKey(1), (2, 4, 1), jnp.float64)
+    out = {}
+    for kind, lr in optimizers:
+        opt = C.make_optimizer(kind, lr, rtol=1e-6, atol=1e-8)
+
+        def run(p, kind=kind, opt=opt):
+            def body(s, _):
+                return C.take_step(kind, opt, loss, s)[2], None
+
+            s, _ = jax.lax.scan(body, C.init_step(opt, p), None, length=max_iters)
+            return s.params
+
+        p = jax.jit(run)(p0)
+        (w1, b1), (w2, b2) = p
+        pred = jax.nn.sigmoid(jnp.tanh(x @ w1 + b1) @ w2 + b2)[:, 0]
+        out[kind] = dict(loss=float(loss(p)), solved=bool(jnp.all((pred > 0.5) == (y > 0.5))))
+    return out
+
+
+def _table(rows: dict, cols) -> str:
+    lines = ["| optimizer | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, r in rows.items():
+        cells = [f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run(out_dir: Path, quick: bool) -> dict:
+    from tqdm.auto import tqdm
+
+    jax.config.update("jax_enable_x64", True)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics: dict = {"target": TARGET, "flow_tolerances": FLOW_TOL}
+
+    # 1. Test functions.
+    keys = ("camel",) if quick else ("camel", "goldstein_price", "rosenbrock")
+    kinds = ("flow", "adam") if quick else C.KINDS
+    n_grid, max_iters = (6, 500) if quick else (21, 3000)
+    functions = {}
+    for key in tqdm(keys, desc="test functions"):
+        functions[key] = compare_function(key, n_grid, kinds, max_iters, tune=not quick,
+                                          n_timed=0 if quick else 25)
+    metrics["test_functions"] = functions
+    starts = {"camel": (-1.5, -0.8), "goldstein_price": (-1.5, 1.5), "rosenbrock": (-1.5, 2.5)}
+    all_paths = {}
+    for key in keys:
+        lrs = {k: v["learning_rate"] for k, v in functions[key].items()}
+        all_paths[key] = _paths(key, kinds, lrs, starts[key], 40 if quick else 80)
+    path_figure(out_dir, all_paths)
+    path_gif(out_dir, "camel", all_paths["camel"], 8 if quick else 60)
+
+    # 2. Digits 0-4.
+    seeds = (0,) if quick else (0, 1, 2, 3, 4)
+    optimizers = ({k: TRAIN_OPTIMIZERS[k] for k in ("flow (Bosh3)", "adam")} if quick else TRAIN_OPTIMIZERS)
+    if quick:
+        optimizers = {k: (v[0], None if v[1] is None else (3e-2,), v[2]) for k, v in optimizers.items()}
+    with tqdm(total=len(seeds) * len(optimizers), desc="digits 0-4") as bar:
+        digits = train_compare(digits_data(0), (64, 32, 5), seeds, optimizers,
+                               max_iters=300 if quick else 5000, progress=bar)
+    metrics["digits"] = digits
+    flow, adam = digits["flow (Bosh3)"], digits["adam"]
+    metrics["digits_flow_vs_adam"] = dict(
+        accuracy_difference_points=100 * (flow["test_accuracy"] - adam["test_accuracy"]),
+        wall_time_ratio=flow["wall_s"] / adam["wall_s"],
+    )
+    if os.environ.get("JODE_MNIST_DIR") and not quick:
+        from jode.data import load_mnist
+
+        x, y = load_mnist("train", classes=range(5))
+        xt, yt = load_mnist("test", classes=range(5))
+        data = split_per_class(np.concatenate([x, xt]), np.concatenate([y, yt]), 100, 100, 0)
+        metrics["mnist"] = train_compare(data, (784, 32, 5), (0,), optimizers, max_iters=5000)
+
+    # 3. XOR.
+    metrics["xor"] = xor_fit((("flow", None), ("adam", 3e-2)), max_iters=200 if quick else 2000)
+    _write_report(out_dir, metrics)
+    return metrics
+
+
+def _write_report(out_dir: Path, metrics: dict):
+    parts = []
+    for key, rows in metrics["test_functions"].items():
+        parts.append(f"### {key}\n\n" + _table(rows, ["learning_rate", "reached", "reached_global",
+                                                      "median_iterations", "median_grad_evals",
+                                                      "median_wall_ms"]))
+    parts.append("### digits 0-4\n\n" + _table(metrics["digits"], [
+        "learning_rate", "test_accuracy", "test_accuracy_std", "iterations", "grad_evals", "wall_s", "compile_s"]))
+    (out_dir / "summary.md").write_text("\n\n".join(parts) + "\n")
+
