@@ -54,36 +54,36 @@ def _series(alpha, beta, z):
 
 
 def _poles(alpha, z):
-    """The three candidate poles and whether each lies on the principal sheet |arg| ≤ π."""
+    """Modulus, arguments and validity (on the principal sheet |arg| ≤ π) of the poles."""
     arg = jnp.where(z < 0, math.pi, 0.0).astype(z.dtype)
     j = jnp.arange(-1, 2, dtype=z.dtype)
     theta = (arg + 2 * math.pi * j) / alpha
     valid = jnp.abs(theta) <= math.pi * (1 + 1e-12)
-    radius = jnp.abs(z) ** (1 / alpha)
-    return radius * jnp.exp(1j * theta), valid
+    return jnp.abs(z) ** (1 / alpha), theta, valid
 
 
 def _contour(alpha, beta, z):
-    cdtype = jnp.result_type(z.dtype, jnp.complex64)
     eps = jnp.finfo(z.dtype).eps
-    poles, valid = _poles(alpha, z)
-    poles = poles.astype(cdtype)
-    residues = jnp.exp(poles) * poles ** (1 - beta) / alpha
-    residues = jnp.where(valid, residues, 0)
+    radius, theta, valid = _poles(alpha, z)
+    # Residue of e^s F(s) at a pole p: e^p p^{1-β} / α, in polar form (real arithmetic).
+    log_r = jnp.log(radius)
+    res_mod = jnp.where(valid, jnp.exp(radius * jnp.cos(theta) + (1 - beta) * log_r) / alpha, 0.0)
+    res_arg = radius * jnp.sin(theta) + (1 - beta) * theta
 
     # Choose (μ, h) by the error model, from stop-gradiented data (the choice is discrete).
     sg = jax.lax.stop_gradient
     mu = jnp.asarray(_MU_GRID, z.dtype)[:, None]
     h = jnp.asarray(_H_GRID, z.dtype)[None, :]
-    p_sg, res_sg = sg(poles), sg(residues)
-    a = jnp.real(jnp.sqrt(p_sg[None, :] / mu))  # (n_mu, 3): Re √(p/μ); 1 is the contour
+    # Re √(p/μ): the contour is Re √(s/μ) = 1, its left side (with the cut) is < 1.
+    a = jnp.sqrt(sg(radius) / mu) * jnp.cos(sg(theta) / 2)  # (n_mu, 3)
     inside = valid & (a < 1)
     outside = valid & (a >= 1)
+    mod_sg = sg(res_mod)
     d = jnp.minimum(1.0, jnp.min(jnp.where(inside, 1 - a, 1.0), axis=1))[:, None]
     c_max = jnp.minimum(1.5, jnp.min(jnp.where(outside, a - 1, 1.5), axis=1))[:, None]
-    big = jnp.maximum(1.0, jnp.max(jnp.where(inside, jnp.abs(res_sg), 0.0), axis=1))[:, None]
-    out_res = jnp.sum(jnp.where(outside, res_sg, 0), axis=1)[:, None]
-    scale = jnp.abs(out_res) + 1 / (1 + jnp.abs(sg(z)))
+    big = jnp.maximum(1.0, jnp.max(jnp.where(inside, mod_sg, 0.0), axis=1))[:, None]
+    out_re = jnp.sum(jnp.where(outside, mod_sg * jnp.cos(sg(res_arg)), 0.0), axis=1)[:, None]
+    scale = jnp.abs(out_re) + 1 / (1 + jnp.abs(sg(z)))
     c = jnp.clip(math.pi / (mu * h) - 1, 1e-3, c_max)
     err = (
         big * jnp.exp(-2 * math.pi * d / h)
@@ -92,17 +92,20 @@ def _contour(alpha, beta, z):
         + eps * jnp.exp(mu)
     ) / scale
     best = jnp.argmin(err)
-    i_mu, i_h = jnp.unravel_index(best, err.shape)
-    mu_b, h_b = mu[i_mu, 0], h[0, i_h]
+    mu_b, h_b = mu[best // err.shape[1], 0], h[0, best % err.shape[1]]
 
-    u = jnp.arange(-_N, _N + 1, dtype=z.dtype) * h_b
+    # The contour is symmetric (s(-u) = conj s(u)) and E is real: sum u ≥ 0 only.
+    u = jnp.arange(0, _N + 1, dtype=z.dtype) * h_b
+    weight = jnp.where(u == 0, 0.5, 1.0)
     s = mu_b * (1 + 1j * u) ** 2
     ds = 2j * mu_b * (1 + 1j * u)
-    integrand = jnp.exp(s) * s ** (alpha - beta) / (s**alpha - z) * ds
-    value = h_b / (2j * math.pi) * jnp.sum(integrand)
-    a_b = jnp.real(jnp.sqrt(p_sg / mu_b))
-    value = value + jnp.sum(jnp.where(valid & (a_b >= 1), residues, 0))
-    return jnp.real(value)
+    # Complex powers written as exp(p log s): XLA compiles these faster than pow.
+    log_s = jnp.log(s)
+    integrand = jnp.exp(s + (alpha - beta) * log_s) / (jnp.exp(alpha * log_s) - z) * ds
+    value = h_b / math.pi * jnp.sum(weight * jnp.imag(integrand))
+    a_b = jnp.sqrt(sg(radius) / mu_b) * jnp.cos(sg(theta) / 2)
+    value = value + jnp.sum(jnp.where(valid & (a_b >= 1), res_mod * jnp.cos(res_arg), 0.0))
+    return value
 
 
 def _scalar(alpha, beta, z):
