@@ -1,0 +1,194 @@
+"""Gradient-flow optimizer: optax contract, accuracy against the exact flow of a quadratic,
+the stiff Ros2 variant, minimize_by_flow on the camel and Goldstein-Price minima, XOR."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jode
+from jode import optim
+from jode.optim import compare
+
+# A quadratic L(θ) = ½ Σ a_i (θ_i - c_i)² in a pytree: its gradient flow is known exactly,
+# θ_i(t) = c_i + exp(-a_i t)(θ_i(0) - c_i).
+A = {"w": jnp.asarray([[1.0, 3.0], [0.5, 8.0]]), "b": jnp.asarray([2.0])}
+CENTER = {"w": jnp.asarray([[1.0, -2.0], [0.5, 0.0]]), "b": jnp.asarray([-1.0])}
+P0 = {"w": jnp.zeros((2, 2)), "b": jnp.asarray([1.0])}
+
+
+def quadratic(p):
+    terms = jax.tree.map(lambda a, x, c: jnp.sum(a * (x - c) ** 2), A, p, CENTER)
+    return 0.5 * sum(jax.tree.leaves(terms))
+
+
+def exact_flow(t):
+    return jax.tree.map(lambda a, c, x0: c + jnp.exp(-a * t) * (x0 - c), A, CENTER, P0)
+
+
+def _max_diff(a, b):
+    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def _run(opt, loss, params, n, from_state=True):
+    """n optax steps in one jitted scan (one compilation per optimizer)."""
+
+    def body(carry, _):
+        p, s = carry
+        if from_state:
+            v, g = optax.value_and_grad_from_state(loss)(p, state=s)
+        else:
+            v, g = jax.value_and_grad(loss)(p)
+        u, s = opt.update(g, s, p, value=v, grad=g, value_fn=loss)
+        return (optax.apply_updates(p, u), s), jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(u)))
+
+    @jax.jit
+    def run(p):
+        return jax.lax.scan(body, (p, opt.init(p)), None, length=n)
+
+    return run(params)
+
+
+def _flow_state(state):
+    return [s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, optim.FlowState))
+            if isinstance(s, optim.FlowState)][0]
+
+
+def test_flow_follows_exact_gradient_flow_on_pytree_quadratic():
+    opt = optim.gradient_flow(jode.Tsit5(), rtol=1e-7, atol=1e-9)
+    (p, state), _ = _run(opt, quadratic, P0, 12)
+    # After 12 accepted steps the parameters are the exact flow at the reached time.
+    assert int(state.count) == 12
+    assert float(state.t) > 0.5
+    assert _max_diff(p, exact_flow(state.t)) < 1e-6
+    # The state's value and gradient (recycled by value_and_grad_from_state) are L, ∇L at p.
+    assert abs(float(state.value) - float(quadratic(p))) < 1e-12
+    assert _max_diff(state.grad, jax.grad(quadratic)(p)) < 1e-12
+    # Gradient evaluations inside the optimizer: the initial-step probe, then 6 per Tsit5
+    # attempt (7 stages, the first one reused: FSAL).
+    assert jode.Tsit5().f_evals_per_step == 6
+    assert int(state.nfev) == 1 + 6 * (int(state.count) + int(state.rejected))
+
+
+def test_flow_converges_and_works_in_chain():
+    # Clipping after the flow bounds every step; the iteration still ends at the minimizer.
+    # (An explicit flow settles within about the tolerance of the minimizer: rtol is tight.)
+    opt = optax.chain(optim.gradient_flow(rtol=1e-8, atol=1e-10), optax.clip_by_global_norm(0.25))
+    (p, state), norms = _run(opt, quadratic, P0, 150, from_state=False)
+    assert float(jnp.max(norms)) <= 0.25 + 1e-12
+    assert _max_diff(p, CENTER) < 1e-5
+    assert int(_flow_state(state).status) == 0
+
+
+def test_ros2_on_stiff_quadratic():
+    # λ = 1 and 1e4: explicit steps are held to h < 3.5e-4 by stability; Ros2 is L-stable.
+    a = jnp.asarray([1.0, 1e4])
+    loss = lambda p: 0.5 * jnp.sum(a * (p - 1.0) ** 2)  # noqa: E731
+    res_ros = optim.minimize_by_flow(lambda p, _: loss(p), jnp.zeros(2), solver=optim.Ros2(),
+                                     rtol=1e-3, atol=1e-6, gtol=1e-8, max_steps=400)
+    assert bool(res_ros.converged)
+    assert float(jnp.max(jnp.abs(res_ros.params - 1.0))) < 1e-8
+    assert int(res_ros.steps) < 300  # an explicit method needs > 1e4 steps here
+    # Ros2's order 2 against the exact flow exp(-a t) on the first steps.
+    opt = optim.gradient_flow(optim.Ros2(), rtol=1e-6, atol=1e-9)
+    (p, state), _ = _run(opt, loss, jnp.zeros(2), 20)
+    exact = 1.0 - jnp.exp(-a * state.t)
+    assert float(jnp.max(jnp.abs(p - exact))) < 1e-5
+    assert int(state.nhvp) > 0
+
+
+def test_truncated_cg_matches_dense_solve():
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(6, 6))
+    mat = jnp.asarray(m @ m.T + 6 * np.eye(6))
+    b = jnp.asarray(rng.normal(size=6))
+    x, steps = optim.truncated_cg(lambda v: mat @ v, b, 20, 1e-12)
+    np.testing.assert_allclose(np.asarray(x), np.linalg.solve(np.asarray(mat), np.asarray(b)), rtol=1e-9)
+    assert int(steps) <= 7
+    # Negative curvature at once: the right-hand side comes back (the explicit direction).
+    x_neg, _ = optim.truncated_cg(lambda v: -v, b, 20, 1e-12)
+    np.testing.assert_allclose(np.asarray(x_neg), np.asarray(b))
+
+
+@pytest.mark.parametrize(
+    "test_fn, start, solver, rtol, gtol",
+    [
+        (optim.CAMEL, (0.5, -0.3), None, 1e-8, 1e-5),
+        (optim.GOLDSTEIN_PRICE, (0.4, -0.6), optim.Ros2(), 1e-4, 1e-8),
+    ],
+)
+def test_minimize_by_flow_reaches_global_minima(test_fn, start, solver, rtol, gtol):
+    res = optim.minimize_by_flow(lambda p, _: test_fn.fn(p), jnp.asarray(start), solver=solver,
+                                 rtol=rtol, atol=rtol * 1e-2, gtol=gtol, max_steps=5000)
+    assert bool(res.converged)
+    assert abs(float(res.value) - test_fn.minimum) < 1e-6  # published minimum value
+    dist = min(float(jnp.linalg.norm(res.params - jnp.asarray(m))) for m in test_fn.minimizers)
+    assert dist < 1e-4
+    assert int(res.nfev) > int(res.steps)
+
+
+def test_test_functions_minima():
+    for test_fn in (optim.CAMEL, optim.GOLDSTEIN_PRICE, optim.ROSENBROCK):
+        for m in test_fn.local_minimizers:
+            g = jax.grad(test_fn.fn)(jnp.asarray(m))
+            # Minimizers stored to 12 digits: the gradient vanishes to that level.
+            assert float(jnp.max(jnp.abs(g))) < 1e-9
+        for m in test_fn.minimizers:
+            assert abs(float(test_fn.fn(jnp.asarray(m))) - test_fn.minimum) < 1e-9
+
+
+def test_xor_fit():
+    x = jnp.asarray([[0, 0], [0, 1], [1, 0], [1, 1]], jnp.float64)
+    y = jnp.asarray([0, 1, 1, 0], jnp.float64)
+
+    def loss(p):
+        (w1, b1), (w2, b2) = p
+        return jnp.mean((jax.nn.sigmoid(jnp.tanh(x @ w1 + b1) @ w2 + b2)[:, 0] - y) ** 2)
+
+    from jode.experiments.ode_optimizer import init_mlp
+
+    p0 = init_mlp(jax.random.PRNGKey(1), (2, 4, 1), jnp.float64)
+    (p, state), _ = _run(optim.gradient_flow(rtol=1e-6, atol=1e-8), loss, p0, 300)
+    (w1, b1), (w2, b2) = p
+    pred = jax.nn.sigmoid(jnp.tanh(x @ w1 + b1) @ w2 + b2)[:, 0]
+    assert np.array_equal(np.asarray(pred > 0.5), np.asarray(y > 0.5))
+    assert float(loss(p)) < 1e-2
+    assert float(state.value) == pytest.approx(float(loss(p)), rel=1e-10)
+
+
+def test_run_to_target_counts_match_adam_reference():
+    # Adam's iterates from run_to_target equal a plain optax loop's; the hit is where f
+    # first falls within 1e-6 of the nearest local minimum.
+    from jode.optim.testfunctions import local_minima_table
+
+    fn = optim.CAMEL.fn
+    minima, values, _ = local_minima_table(optim.CAMEL)
+    promotion = jax.numpy_dtype_promotion("standard")  # optax.adam mixes int32 counts and floats
+    promotion.__enter__()
+    x0 = jnp.asarray([0.6, -0.2])
+    res = jax.jit(lambda x: compare.run_to_target("adam", fn, x, minima, values, learning_rate=0.05,
+                                                  max_iters=3000))(x0)
+    opt = optax.adam(0.05)
+    step = jax.jit(lambda p, s: opt.update(jax.grad(fn)(p), s, p))
+    p, s, k = x0, opt.init(x0), 0
+    near = lambda p: int(jnp.argmin(jnp.sum((minima - p) ** 2, axis=-1)))  # noqa: E731
+    while float(fn(p) - values[near(p)]) >= 1e-6:
+        u, s = step(p, s)
+        p, k = p + u, k + 1
+    promotion.__exit__(None, None, None)
+    assert 10 < k < 3000
+    assert int(res.hit_iters) == k
+    assert int(res.hit_nfev) == k + 1
+    np.testing.assert_allclose(np.asarray(res.params), np.asarray(p), rtol=1e-12)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="error estimate"):
+        optim.gradient_flow(jode.RK4())
+    with pytest.raises(ValueError, match="rtol"):
+        optim.gradient_flow(rtol=-1.0)
+    with pytest.raises(ValueError, match="gtol"):
+        optim.minimize_by_flow(lambda p, _: jnp.sum(p**2), jnp.ones(2), gtol=0.0)
+    with pytest.raises(ValueError, match="krylov_steps"):
+        optim.Ros2(krylov_steps=0)
