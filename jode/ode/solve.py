@@ -69,6 +69,7 @@ class _Carry(NamedTuple):
     step_ys: jax.Array | None
     dense_coeffs: jax.Array | None
     solver_state: object = None  # implicit solvers: Jacobian, counters (see implicit.py)
+    active: jax.Array | bool = True  # the loop condition, kept current by the body
 
 
 class _Problem(NamedTuple):
@@ -115,9 +116,11 @@ def _write(buf, idx, value, do):
 
 
 def _body(prob: _Problem, args, c: _Carry) -> _Carry:
+    # Every update below is masked by the lane's own `active` flag, so the body is a no-op
+    # once the loop condition is false: `loop.while_loop` relies on it under vmap.
     d, t1 = prob.direction, prob.t1
     f = lambda t, y: prob.f(t, y, args)  # noqa: E731
-    can_step = ~c.pending & (d * c.t < d * t1) & (c.steps < prob.max_steps)
+    can_step = c.active & ~c.pending & (d * c.t < d * t1) & (c.steps < prob.max_steps)
 
     # Step to t1 exactly at the end, and to the next jump time if there is one.
     h = c.h
@@ -131,8 +134,14 @@ def _body(prob: _Problem, args, c: _Carry) -> _Carry:
         at_jump = d * t_end >= d * next_jump
         t_end = jnp.where(at_jump, next_jump, t_end)
     h = t_end - c.t
+    f_step = f
+    if prob.jump_ts is not None:
+        # Inside a step that ends on a jump, f is its left limit: stage times are clipped to
+        # the float just before the jump (the right limit is taken after landing, below).
+        t_left = jnp.nextafter(t_end, t_end - d)
+        f_step = lambda t, y: f(jnp.where(at_jump & (d * t > d * t_left), t_left, t), y)  # noqa: E731
 
-    res = _step(prob.solver, f, c.t, c.y, c.fy, h, c.solver_state)
+    res = _step(prob.solver, f_step, c.t, c.y, c.fy, h, c.solver_state)
     finite = jnp.all(jnp.isfinite(res.y1))
     if prob.adaptive:
         err = scaled_error(res.error, c.y, res.y1, prob.rtol, prob.atol)
@@ -188,22 +197,25 @@ def _body(prob: _Problem, args, c: _Carry) -> _Carry:
         last_t = jnp.where(take, c.t, c.last_t)
         last_h = jnp.where(take, h, c.last_h)
         last_coeffs = jnp.where(take, res.coeffs, c.last_coeffs)
-        ys, save_idx, pending = _drain_saves(prob, c.ys, c.save_idx, last_t, last_h, last_coeffs)
+        ys, save_idx, pending = _drain_saves(
+            prob, c.ys, c.save_idx, last_t, last_h, last_coeffs, c.active
+        )
         new.update(
             last_t=last_t, last_h=last_h, last_coeffs=last_coeffs, ys=ys,
             save_idx=save_idx, pending=pending,
         )
-    return c._replace(**new)
+    c = c._replace(**new)
+    return c._replace(active=c.active & _cond(prob, c))
 
 
-def _drain_saves(prob, ys, save_idx, last_t, last_h, coeffs):
-    """Fill up to SAVE_WINDOW save times inside the last accepted step."""
+def _drain_saves(prob, ys, save_idx, last_t, last_h, coeffs, live):
+    """Fill up to SAVE_WINDOW save times inside the last accepted step (if `live`)."""
     d, ts = prob.direction, prob.ts
     n_save = ts.shape[0]
     window = save_idx + jnp.arange(SAVE_WINDOW, dtype=save_idx.dtype)
     t_win = ts[jnp.minimum(window, n_save - 1)]
     t_stop = last_t + last_h
-    inside = (window < n_save) & (d * t_win <= d * t_stop)
+    inside = live & (window < n_save) & (d * t_win <= d * t_stop)
     safe_h = jnp.where(last_h == 0, 1, last_h)
     theta = (t_win - last_t) / safe_h
     values = horner(coeffs, theta[:, None])
@@ -214,6 +226,7 @@ def _drain_saves(prob, ys, save_idx, last_t, last_h, coeffs):
 
 
 def _cond(prob: _Problem, c: _Carry):
+    """Keep looping while saves are pending or steps remain, and nothing failed."""
     stepping = (prob.direction * c.t < prob.direction * prob.t1) & (c.steps < prob.max_steps)
     return (c.pending | stepping) & (c.status == Status.SUCCESS)
 
@@ -328,7 +341,8 @@ def solve(
             "n_steps= for constant steps, or use an adaptive solver such as jode.Tsit5()"
         )
     if isinstance(controller, ConstantStep) and dt0 is None and n_steps is None:
-        raise ValueError(f"constant steps with {solver!r} need dt0= or n_steps=")
+        why = "" if solver.adaptive else " (it has no error estimate, so it cannot adapt)"
+        raise ValueError(f"constant steps with {solver!r}{why} need dt0= or n_steps=")
     if backend == "diffrax":
         from .diffrax_backend import solve_diffrax
 
@@ -472,10 +486,29 @@ def _while_solve(solver, f_flat, args, controller, adaptive, t0, t1, y0, fy0, h0
         save_idx=save_idx, ys=ys, step_ts=step_ts, step_ys=step_ys, dense_coeffs=dense_coeffs,
         solver_state=_init_solver_state(solver, f_flat, args, t0, y0, fy0, prob.rtol, prob.atol),
     )
+    init = init._replace(active=_cond(prob, init))
     max_iter = max_steps + (0 if ts is None else -(-ts.shape[0] // SAVE_WINDOW)) + 1
-    final = loop(
-        lambda c: _cond(prob, c), lambda c, a: _body(prob, a, c), init, args, max_iter
+    # Everything traced that the body reads travels in the loop's operands (closed-over
+    # arrays of f and stop included), so the loop can be batched and differentiated as a
+    # function of its inputs alone.
+    f_conv, f_consts = jax.closure_convert(f_flat, t0, y0, args)
+    stop_conv, stop_consts = (None, ()) if stop is None else jax.closure_convert(stop, t0, y0, args)
+    operands = dict(
+        args=args, f_consts=f_consts, stop_consts=stop_consts, t1=t1, direction=direction,
+        rtol=prob.rtol, atol=prob.atol, ts=ts, jump_ts=prob.jump_ts,
     )
+
+    def body(c, ops):
+        f_c, s_c = ops["f_consts"], ops["stop_consts"]
+        p = prob._replace(
+            f=lambda t, y, a: f_conv(t, y, a, *f_c),
+            stop=None if stop is None else (lambda t, y, a: stop_conv(t, y, a, *s_c)),
+            t1=ops["t1"], direction=ops["direction"], rtol=ops["rtol"], atol=ops["atol"],
+            ts=ops["ts"], jump_ts=ops["jump_ts"],
+        )
+        return _body(p, ops["args"], c)
+
+    final = loop(lambda c: c.active, body, init, operands, max_iter)
     status = jnp.where(
         (final.status == Status.SUCCESS) & (final.t != t1), Status.MAX_STEPS, final.status
     ).astype(jnp.int32)
