@@ -195,24 +195,30 @@ def _progress(total, enabled, desc):
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 
-@functools.cache
 def _compiled(stage, chunk: int, batched: bool):
-    """(init, chunk, value) functions, jitted once per (stage, chunk, batched); the loss is
-    an argument (its arrays traced, its functions and options static), so fits of new data
-    with the same model reuse the compiled code."""
+    """(init, chunk, value) functions of (stage, loss, ...), jitted once per stage type and
+    static options: the stage's numbers and the loss's arrays are arguments (traced), the
+    model and solver options static, so new data, step budgets or learning rates reuse the
+    compiled code."""
+    return _compiled_for(type(stage), jax.tree.structure(stage), chunk, batched)
 
-    def init_fn(lo, p, a):
-        return init_state(lo, stage, p, a)
 
-    def chunk_fn(lo, s, a):
-        return run_chunk(lo, stage, s, a, chunk)
+@functools.cache
+def _compiled_for(kind, structure, chunk: int, batched: bool):
+    del kind, structure  # the cache key
+
+    def init_fn(st, lo, p, a):
+        return init_state(lo, st, p, a)
+
+    def chunk_fn(st, lo, s, a):
+        return run_chunk(lo, st, s, a, chunk)
 
     def value_fn(lo, p, a):
         return lo(p, a)
 
     if batched:
-        init_fn = jax.vmap(init_fn, in_axes=(None, 0, None))
-        chunk_fn = jax.vmap(chunk_fn, in_axes=(None, 0, None))
+        init_fn = jax.vmap(init_fn, in_axes=(None, None, 0, None))
+        chunk_fn = jax.vmap(chunk_fn, in_axes=(None, None, 0, None))
         value_fn = jax.vmap(value_fn, in_axes=(None, 0, None))
     return jax.jit(init_fn), jax.jit(chunk_fn), jax.jit(value_fn)
 
@@ -286,7 +292,8 @@ def fit(
     if checkpoint is not None and Path(checkpoint).exists():
         def template(k):
             p = jax.eval_shape(lambda t: params_for(k, t), theta0)
-            return jax.eval_shape(compiled(phases[k])[0], phases[k].loss, p, jnp.inf)
+            init = compiled(phases[k])[0]
+            return jax.eval_shape(init, phases[k].stage, phases[k].loss, p, jnp.inf)
 
         first_phase, resumed_state, history = ckpt.load(checkpoint, template, fingerprint)
         history = list(history)
@@ -308,7 +315,7 @@ def fit(
             state = resumed_state
             hist = list(history.pop()) if len(history) > k else []
         else:
-            state = init_fn(phase.loss, params_for(k, theta), aux)
+            state = init_fn(phase.stage, phase.loss, params_for(k, theta), aux)
             hist = []
         if bar is not None:
             bar.set_description(f"fit [{phase.label}, {type(phase.stage).__name__}]")
@@ -316,7 +323,7 @@ def fit(
             steps_before = int(np.max(np.asarray(state.step)))
             if np.all(np.asarray(state.status) != FitStatus.RUNNING):
                 break
-            state, values = chunk_fn(phase.loss, state, aux)
+            state, values = chunk_fn(phase.stage, phase.loss, state, aux)
             values = np.asarray(values)
             steps_now = int(np.max(np.asarray(state.step)))
             taken = steps_now - steps_before

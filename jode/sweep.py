@@ -35,12 +35,16 @@ def grid(**axes) -> jax.Array:
     `(n_1, n_2, …, len(axes))`.
     """
     if not axes:
-        raise ValueError("grid needs at least one named axis, e.g. grid(alpha=jnp.linspace(1, 2, 8))")
+        raise ValueError(
+            "grid needs at least one named axis, e.g. grid(alpha=jnp.linspace(1, 2, 8))"
+        )
     arrays = []
     for name, values in axes.items():
         arr = jnp.asarray(values)
         if arr.ndim != 1 or arr.shape[0] == 0:
-            raise ValueError(f"grid axis {name!r} must be a non-empty 1-D array; got shape {arr.shape}")
+            raise ValueError(
+                f"grid axis {name!r} must be a non-empty 1-D array; got shape {arr.shape}"
+            )
         arrays.append(arr)
     dtype = jnp.result_type(*arrays)
     mesh = jnp.meshgrid(*[a.astype(dtype) for a in arrays], indexing="ij")

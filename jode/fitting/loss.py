@@ -189,14 +189,21 @@ class TrajectoryLoss(eqx.Module):
         return opts
 
     def predict(self, theta, ts=None, *, t0=None, **overrides):
-        """The model's solution at `ts` (default: the data's times), shape (len(ts), d)."""
+        """The model's solution at `ts` (default: the data's times), shape (len(ts), d).
+
+        Non-finite θ (an optimizer's trial point gone wrong) or a failed solve give NaN
+        predictions, never a raised error: the optimizer then rejects the point.
+        """
+        ok = _all_finite(theta)
+        theta = jax.tree.map(lambda x: jnp.where(jnp.isfinite(x), x, 0.0), theta)
         y0, args = self.split(theta)
         ts = self.ts if ts is None else ts
         t0 = self.t0 if t0 is None else t0
         opts = self.options(**overrides)
         opts.setdefault("throw", False)
         sol = solve(self.vector_field, y0, t0, ts[-1], args, saveat=ts, **opts)
-        return sol.ys
+        good = ok & (sol.status == 0) & jnp.all(jnp.isfinite(sol.ys))
+        return jnp.where(good, sol.ys, jnp.nan)
 
     def residuals(self, theta, **overrides):
         """r = sqrt(w) (ŷ − d) (or of the logs), flattened: shape (n d,)."""
@@ -314,6 +321,8 @@ class MultipleShootingLoss(eqx.Module):
     def __call__(self, params, t_end=None):
         base = self.base
         t_end = jnp.inf if t_end is None else t_end
+        ok = _all_finite(params)
+        params = jax.tree.map(lambda x: jnp.where(jnp.isfinite(x), x, 0.0), params)
         y0, args = base.split(params["theta"])
         y0 = jnp.asarray(y0)
         states = jnp.concatenate([y0[None], params["starts"]], axis=0)
@@ -323,9 +332,10 @@ class MultipleShootingLoss(eqx.Module):
 
         def one(s, tk):
             sol = solve(base.vector_field, s, tk[0], tk[-1], args, saveat=tk, **opts)
-            return sol.ys
+            return jnp.where(sol.status == 0, sol.ys, jnp.nan)
 
         pred = jax.vmap(one)(states, times)  # (S, L, d)
+        pred = jnp.where(ok, pred, jnp.nan)
         n = base.ts.shape[0]
         # Each data point once: drop every segment's last point except the final one.
         first = np.zeros(idx.shape, bool)
@@ -347,6 +357,10 @@ class MultipleShootingLoss(eqx.Module):
         active = (base.ts[rows[1:, 0]] <= t_end)[:, None]
         cont = jnp.sum(jnp.where(active, gaps**2, 0.0)) / (self.segments - 1)
         return fit_term + self.penalty * cont
+
+
+def _all_finite(tree):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def _segment_residuals(base, pred, rows):

@@ -45,6 +45,9 @@ class FitStatus(enum.IntEnum):
 class Adam(eqx.Module):
     """Adam (Kingma & Ba 2015, Alg. 1) for `steps` iterations.
 
+    A stage is a pytree whose numbers are leaves, so stages that differ only in their
+    step budget, learning rate or tolerances share one compiled program.
+
     Args:
         steps: iterations.
         learning_rate: the step size α.
@@ -79,7 +82,7 @@ class LBFGS(eqx.Module):
     """
 
     steps: int = 500
-    memory: int = 10
+    memory: int = eqx.field(default=10, static=True)
     gtol: float = 1e-12
     ftol: float = 1e-15
 
@@ -119,13 +122,18 @@ def _all_finite(tree):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+def _init_opt(stage, params):
+    with jax.numpy_dtype_promotion("standard"):
+        return stage.optimizer().init(params)
+
+
 def init_state(loss, stage, params, aux) -> StageState:
     """The state before the first iteration (evaluates the loss once)."""
     dtype = jax.tree.leaves(params)[0].dtype
     value = loss(params, aux)
     return StageState(
         params=params,
-        opt_state=stage.optimizer().init(params),
+        opt_state=_init_opt(stage, params),
         value=jnp.asarray(value, dtype),
         grad_norm=jnp.asarray(jnp.inf, dtype),
         step=jnp.zeros((), jnp.int32),
@@ -137,14 +145,16 @@ def stage_step(loss, stage, state: StageState, aux) -> StageState:
     """One iteration; a finished state (status != RUNNING) is returned unchanged."""
     opt = stage.optimizer()
     fn = lambda p: loss(p, aux)  # noqa: E731
-    if stage.uses_line_search:
-        value, grad = optax.value_and_grad_from_state(fn)(state.params, state=state.opt_state)
-        updates, opt_state = opt.update(
-            grad, state.opt_state, state.params, value=value, grad=grad, value_fn=fn
-        )
-    else:
-        value, grad = jax.value_and_grad(fn)(state.params)
-        updates, opt_state = opt.update(grad, state.opt_state, state.params)
+    # optax's L-BFGS mixes int32 and int64 counters: let it promote as numpy does.
+    with jax.numpy_dtype_promotion("standard"):
+        if stage.uses_line_search:
+            value, grad = optax.value_and_grad_from_state(fn)(state.params, state=state.opt_state)
+            updates, opt_state = opt.update(
+                grad, state.opt_state, state.params, value=value, grad=grad, value_fn=fn
+            )
+        else:
+            value, grad = jax.value_and_grad(fn)(state.params)
+            updates, opt_state = opt.update(grad, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     gnorm = _tree_norm(grad)
     finite = jnp.isfinite(value) & _all_finite(grad) & _all_finite(params)
