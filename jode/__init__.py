@@ -25,6 +25,8 @@ from .ode.implicit import Kvaerno3 as Kvaerno3
 from .ode.implicit import Kvaerno5 as Kvaerno5
 from .ode.implicit import Rodas5 as Rodas5
 from .ode.implicit import Rosenbrock as Rosenbrock
+from .ode.fractional import solve_fractional as solve_fractional
+from .ode.mittag_leffler import mittag_leffler as mittag_leffler
 from .ode.solution import Solution as Solution
 from .ode.solution import Status as Status
 from .ode.solve import SaveAt as SaveAt
