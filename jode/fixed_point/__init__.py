@@ -18,7 +18,7 @@ from .solvers import Anderson as Anderson
 from .solvers import Broyden as Broyden
 from .solvers import FixedPointIteration as FixedPointIteration
 from .solvers import Newton as Newton
-from .steady_state import SteadyState as SteadyState
+from .ode_route import SteadyState as SteadyState
 
 SOLVERS = {
     "iteration": FixedPointIteration,

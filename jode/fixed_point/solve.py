@@ -192,7 +192,7 @@ def steady_state(
         >>> decay = lambda t, y, k: k * (1.0 - y)  # steady state y* = 1
         >>> jode.fixed_point.steady_state(decay, jnp.zeros(3), 2.0).value
     """
-    from .steady_state import SteadyState
+    from .ode_route import SteadyState
 
     solver = SteadyState() if solver is None else solver
     dtype_t = t

@@ -3,7 +3,7 @@
 Each solver is a small immutable object with hyperparameters as fields and two pure
 functions on flat vectors: `init(fn, z, fz) -> state` and
 `step(fn, z, fz, state) -> (z_next, f(z_next), state, f_evaluations)`. The shared loop in
-`loop.py` decides when to stop. `SteadyState` (the ODE route, `steady_state.py`) overrides
+`loop.py` decides when to stop. `SteadyState` (the ODE route, `ode_route.py`) overrides
 `run` instead.
 """
 
@@ -96,7 +96,7 @@ class Anderson(AbstractFixedPointSolver):
         xs, fs, count = state
         m = self.memory
         dtype = z.dtype
-        valid = jnp.arange(m) < count
+        valid = jnp.arange(m, dtype=jnp.int32) < count
         g = jnp.where(valid[:, None], fs - xs, 0)
         gram = g @ g.T
         # Scale the Gram matrix to unit diagonal: the regularization then penalises each
@@ -158,7 +158,8 @@ class Broyden(AbstractFixedPointSolver):
         w = inv(dg)
         denom = jnp.dot(dz, w)
         # Skip the update when sᵀB⁻¹y vanishes (no information, or already converged).
-        ok = jnp.abs(denom) > 1e3 * jnp.finfo(z.dtype).eps * jnp.linalg.norm(dz) * jnp.linalg.norm(w)
+        tiny = 1e3 * jnp.finfo(z.dtype).eps * jnp.linalg.norm(dz) * jnp.linalg.norm(w)
+        ok = jnp.abs(denom) > tiny
         safe = jnp.where(ok, denom, 1)
         u = jnp.where(ok, (dz - w) / safe, 0)
         v = jnp.where(ok, inv_t(dz), 0)

@@ -75,7 +75,7 @@ class SteadyState(AbstractFixedPointSolver):
         if trace:
             zs = sol.ys
             z = zs[accepted]
-            reached = jnp.arange(zs.shape[0]) <= accepted
+            reached = jnp.arange(zs.shape[0], dtype=jnp.int32) <= accepted
             safe = jnp.where(reached[:, None], zs, z0)
             residuals = jax.vmap(lambda y: max_norm(fn(y) - y))(safe)
             residuals = jnp.where(reached, residuals, jnp.nan)
