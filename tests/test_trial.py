@@ -1,0 +1,190 @@
+"""Trial-solution networks (Lagaris, Likas & Fotiadis 1998): exact solutions of the paper's
+problems, conditions satisfied by construction, training accuracy, baselines, bad input."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+from jode import trial
+from jode.trial import Boundary, Dirichlet, InitialValue, Neumann, Problem
+from jode.trial import paper
+
+PROBLEMS = paper.all_problems()
+
+
+def _exact_derivatives(pp, x):
+    """(ψ, Dψ, D²ψ) of the exact solution by automatic differentiation."""
+    f = pp.exact
+    if pp.problem.dim == 1:
+        d1 = lambda z: jax.jvp(f, (z,), (jnp.ones_like(z),))[1]  # noqa: E731
+        d2 = lambda z: jax.jvp(d1, (z,), (jnp.ones_like(z),))[1]  # noqa: E731
+        return (f(x), d1(x), d2(x))[: pp.problem.order + 1]
+    return f(x), jax.grad(f)(x), jax.hessian(f)(x)
+
+
+@pytest.mark.parametrize("name", sorted(PROBLEMS))
+def test_paper_exact_solutions_solve_the_equations(name):
+    """Each stated exact solution makes the residual vanish (checks the transcription)."""
+    pp = PROBLEMS[name]
+    key = jr.key(1)
+    pts = trial.random_points(pp.problem, key, 7)
+    res = jax.vmap(lambda x: pp.problem.residual(x, *_exact_derivatives(pp, x)))(pts)
+    assert float(jnp.max(jnp.abs(res))) < 1e-11
+
+
+def _random_solution(problem, key=0, hidden=6):
+    net = trial.sigmoid_mlp(jr.key(key), problem.dim, problem.conditions.out_shape, hidden,
+                            init_scale=3.0)
+    # Large random output weights: the network is far from any solution.
+    net = eqx.tree_at(lambda m: m.layers[-1].weight, net, 5 * net.layers[-1].weight)
+    return trial.TrialSolution(net, problem)
+
+
+def _zero(x, *derivs):
+    return jnp.zeros_like(derivs[0])
+
+
+CONDITIONS = {
+    "ivp1": (InitialValue(0.3, 1.7), (0.3, 2.0)),
+    "ivp1_inside": (InitialValue(0.5, -2.0), (0.0, 2.0)),
+    "ivp2": (InitialValue(0.0, 0.5, slope=-1.5), (0.0, 2.0)),
+    "system": (InitialValue(0.0, jnp.array([0.0, 1.0, 2.0])), (0.0, 3.0)),
+    "bvp_dd": (Boundary(Dirichlet(0.2), Dirichlet(-1.0)), (-1.0, 2.0)),
+    "bvp_dn": (Boundary(Dirichlet(0.2), Neumann(3.0)), (-1.0, 2.0)),
+    "bvp_nd": (Boundary(Neumann(-0.5), Dirichlet(1.0)), (0.5, 2.0)),
+    "rect_dirichlet": (PROBLEMS["pde5"].problem.conditions, ((0.0, 1.0), (0.0, 1.0))),
+    "rect_paper6": (PROBLEMS["pde6"].problem.conditions, ((0.0, 1.0), (0.0, 1.0))),
+    "rect_neumann_top": (PROBLEMS["pde7"].problem.conditions, ((0.0, 1.0), (0.0, 1.0))),
+    # Data of u = sin x + x y² + cos y on [-1, 2] x [-0.5, 0.5]: Neumann left and bottom.
+    "rect_shifted_mixed": (
+        Boundary(left=Neumann(lambda y: jnp.cos(-1.0) + y**2),
+                 right=Dirichlet(lambda y: jnp.sin(2.0) + 2 * y**2 + jnp.cos(y)),
+                 bottom=Neumann(lambda x: -x + jnp.sin(0.5)),
+                 top=Dirichlet(lambda x: jnp.sin(x) + 0.25 * x + jnp.cos(0.5))),
+        ((-1.0, 2.0), (-0.5, 0.5)),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONDITIONS))
+def test_conditions_hold_to_machine_precision_for_any_network(name):
+    cond, domain = CONDITIONS[name]
+    problem = Problem(_zero, cond, domain)
+    sol = _random_solution(problem)
+    # The network is not small: the trial function is far from the boundary data inside.
+    assert paper.condition_error(sol) < 1e-13
+
+
+def test_trial_forms_match_the_paper():
+    """ψ_t = A + (x − a)N (eq. 11), A + A'(x − a) + (x − a)²N (eq. 13), and the unit-square
+    Neumann form B + x(1 − x)y[N − N(x, 1) − ∂N/∂y(x, 1)] (Problem 7)."""
+    for cond, domain in (CONDITIONS["ivp1"], CONDITIONS["ivp2"]):
+        problem = Problem(_zero, cond, domain)
+        sol = _random_solution(problem)
+        a, x = domain[0], jnp.asarray(1.1)
+        z = (2 * x - (domain[0] + domain[1])) / (domain[1] - domain[0])
+        n = sol.network(z[None])
+        want = (cond.value + (x - a) * n if cond.slope is None
+                else cond.value + cond.slope * (x - a) + (x - a) ** 2 * n)
+        assert abs(float(sol(x) - want)) < 1e-14
+    pp = PROBLEMS["pde7"]
+    sol = _random_solution(pp.problem)
+    net = lambda p: sol.network(2 * p - 1)  # noqa: E731
+    x = jnp.array([0.3, 0.6])
+    top = jnp.array([0.3, 1.0])
+    n_y = jax.jvp(net, (top,), (jnp.array([0.0, 1.0]),))[1]
+    want = 2 * x[1] * jnp.sin(jnp.pi * x[0]) + x[0] * (1 - x[0]) * x[1] * (
+        net(x) - net(top) - n_y)
+    assert abs(float(sol(x) - want)) < 1e-14
+
+
+def test_ode2_trains_to_1e6_and_beats_euler_and_rk4():
+    """Problem 2 on 20 points, 10 sigmoid units, reduced iterations."""
+    pp = PROBLEMS["ode2"]
+    sol, report = trial.train(pp.problem, jr.key(0), points=20, hidden=10, adam_steps=300,
+                              lbfgs_steps=100, lm_steps=1000, progress=False)
+    m = paper.assess(pp, sol, 20)
+    base = trial.euler_rk4_errors(pp, 20)
+    assert m["fine_grid"] <= 1e-6
+    assert m["fine_grid"] < base["rk4"] < base["euler"]
+    assert m["conditions"] < 1e-15
+    assert report.loss < 1e-12
+    assert report.adam_steps == 300 and report.n_params == 30 and report.n_points == 20
+
+
+def test_pde7_mixed_conditions_trains():
+    """Problem 7 (Dirichlet + Neumann edge) on the paper's 10x10 grid, reduced iterations."""
+    pp = PROBLEMS["pde7"]
+    sol, report = trial.train(pp.problem, jr.key(0), points=10, hidden=10, adam_steps=200,
+                              lbfgs_steps=100, lm_steps=300, progress=False)
+    m = paper.assess(pp, sol, 10)
+    assert m["fine_grid"] <= 1e-4
+    assert m["conditions"] < 1e-13
+
+
+def test_poisson_fd_is_second_order():
+    pp = PROBLEMS["pde5"]
+    source = lambda x: jnp.exp(-x[0]) * (x[0] - 2 + x[1] ** 3 + 6 * x[1])  # noqa: E731
+    errs = []
+    for n in (9, 17, 33):
+        xs, psi = trial.poisson_fd(source, pp.problem.conditions, (0.0, 0.0), (1.0, 1.0), n)
+        errs.append(float(jnp.max(jnp.abs(psi - pp.exact(xs)))))
+    orders = np.log2(np.array(errs[:-1]) / np.array(errs[1:]))
+    assert np.all(np.abs(orders - 2) < 0.1), orders
+
+
+def test_euler_and_rk4_baselines_converge_at_their_orders():
+    pp = PROBLEMS["ode3_ivp"]
+    e1, e2 = trial.euler_rk4_errors(pp, 21), trial.euler_rk4_errors(pp, 41)
+    assert abs(np.log2(e1["euler"] / e2["euler"]) - 1) < 0.15
+    assert abs(np.log2(e1["rk4"] / e2["rk4"]) - 4) < 0.3
+
+
+def test_bad_input():
+    ode = lambda x, p, dp: dp + p  # noqa: E731
+    with pytest.raises(ValueError, match="b > a"):
+        Problem(ode, InitialValue(0.0, 1.0), (1.0, 1.0))
+    with pytest.raises(ValueError, match="b > a"):
+        Problem(ode, InitialValue(0.0, 1.0), (2.0, 0.0))
+    with pytest.raises(ValueError, match="outside the domain"):
+        Problem(ode, InitialValue(-1.0, 1.0), (0.0, 1.0))
+    with pytest.raises(ValueError, match="1-D domain"):
+        Problem(ode, InitialValue(0.0, 1.0), ((0.0, 1.0), (0.0, 1.0)))
+    with pytest.raises(ValueError, match="both Neumann"):
+        Boundary(Neumann(0.0), Neumann(1.0))
+    with pytest.raises(ValueError, match="incompatible"):
+        Problem(_zero, Boundary(Dirichlet(lambda y: y + 1.0), Dirichlet(0.0),
+                                Dirichlet(0.0), Dirichlet(0.0)), ((0.0, 1.0), (0.0, 1.0)))
+    with pytest.raises(ValueError, match="incompatible"):
+        Problem(_zero, Boundary(Dirichlet(0.0), Dirichlet(0.0), Dirichlet(0.0),
+                                Neumann(lambda x: 1.0 + x)), ((0.0, 1.0), (0.0, 1.0)))
+    with pytest.raises(ValueError, match="2-D domain"):
+        Problem(_zero, PROBLEMS["pde5"].problem.conditions, (0.0, 1.0))
+    with pytest.raises(ValueError, match="slope"):
+        InitialValue(0.0, jnp.array([0.0, 1.0]), slope=1.0)
+    # A residual of the wrong shape: one equation for a system of two.
+    wrong = Problem(lambda x, p, dp: jnp.sum(dp - p), InitialValue(0.0, jnp.array([0.0, 1.0])),
+                    (0.0, 1.0))
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        trial.train(wrong, adam_steps=1, lbfgs_steps=0, lm_steps=0, progress=False)
+    with pytest.raises(ValueError, match="points"):
+        trial.train(PROBLEMS["ode2"].problem, points=jnp.zeros((5, 2)), progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(PROBLEMS))
+def test_acceptance_full(name):
+    """The acceptance configuration of `jode reproduce trial`: max error on a 10x finer grid
+    <= 1e-6 (ODEs) / 1e-5 (PDEs), better than Euler and RK4 on the same points."""
+    from jode.experiments import trial as exp
+
+    pp, cfg = PROBLEMS[name], exp.FULL[name]
+    _, _, m = exp.train_one(pp, cfg, exp.STEPS_FULL, progress=False)
+    assert m["fine_grid"] <= (1e-6 if name.startswith("ode") else 1e-5)
+    assert m["conditions"] < 1e-12
+    base = exp.baseline_errors(pp, cfg["points"])
+    if "rk4" in base:
+        assert m["fine_grid"] < min(base["rk4"], base["euler"])
