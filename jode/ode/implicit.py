@@ -51,6 +51,10 @@ __all__ = [
 ]
 
 
+#: Systems at least this large reuse Jacobians across accepted steps by default.
+REUSE_MIN_SIZE = 32
+
+
 class ImplicitState(NamedTuple):
     """What an implicit solver carries from step to step.
 
@@ -167,7 +171,10 @@ class ESDIRK(_ImplicitBase):
             suggest 0.01-0.1).
         max_iters: Newton iterations per stage before the step is rejected.
         reuse_theta: keep the Jacobian for the next step when every stage's contraction
-            rate θ stayed below this (0 recomputes it every step).
+            rate θ stayed below this; 0 recomputes it every accepted step. None (default)
+            picks 0.1 for systems of `REUSE_MIN_SIZE` or more unknowns, where a Jacobian
+            (n Jacobian-vector products) costs more than the extra Newton iterations a stale
+            one causes, and 0 for smaller ones.
         predictor_points: how many earlier stages extrapolate each stage's starting guess
             (`stage_predictor`; 1 starts from the previous stage).
     """
@@ -175,7 +182,7 @@ class ESDIRK(_ImplicitBase):
     tableau: tb.DIRKTableau = eqx.field(static=True)
     kappa: float = eqx.field(static=True, default=0.01)
     max_iters: int = eqx.field(static=True, default=10)
-    reuse_theta: float = eqx.field(static=True, default=0.1)
+    reuse_theta: float | None = eqx.field(static=True, default=None)
     predictor_points: int = eqx.field(static=True, default=3)
 
     def __check_init__(self):
@@ -206,6 +213,9 @@ class ESDIRK(_ImplicitBase):
         s, gamma = tab.stages, tab.gamma
 
         # The Jacobian is only Newton's iteration matrix: no derivatives flow through it.
+        reuse_theta = self.reuse_theta
+        if reuse_theta is None:
+            reuse_theta = 0.1 if n >= REUSE_MIN_SIZE else 0.0
         fresh = (t != state.jac_t) & ~state.reuse
         jac = jax.lax.cond(
             fresh, lambda: jax.lax.stop_gradient(_jacobian(f, t, y)), lambda: state.jac
@@ -213,6 +223,8 @@ class ESDIRK(_ImplicitBase):
         lu = lu_factor(jnp.eye(n, dtype=dtype) - (gamma * h) * jac)
         scale = state.atol + state.rtol * jnp.abs(y)
         weight = jnp.abs(gamma * h) / scale
+        # Round-off in the stage values, in the same scaled norm (4 ulps of y).
+        floor = 4 * jnp.finfo(dtype).eps * jnp.sqrt(jnp.mean(jnp.square(y / scale)))
 
         a_low = jnp.asarray(np.tril(tab.a, -1), dtype)
         c = jnp.asarray(tab.c, dtype)
@@ -225,9 +237,9 @@ class ESDIRK(_ImplicitBase):
             ti = t + c[i] * h
             k, info = newton_solve(
                 lambda k: k - f(ti, z + (gamma * h) * k), pred[i] @ ks, lu, weight,
-                self.kappa, self.max_iters, eta,
+                self.kappa, self.max_iters, eta, floor,
             )
-            fast = info.eta <= self.reuse_theta / (1.0 - self.reuse_theta)
+            fast = info.eta <= reuse_theta / (1.0 - reuse_theta)
             return (ks.at[i].set(k), info.eta, iters + info.iterations,
                     ok & info.converged, theta_ok & fast), None
 
@@ -241,7 +253,7 @@ class ESDIRK(_ImplicitBase):
         new_state = state._replace(
             jac=jac,
             jac_t=jnp.where(fresh, t, state.jac_t),
-            reuse=ok & fast & (self.reuse_theta > 0),
+            reuse=ok & fast & (reuse_theta > 0),
             eta=jnp.where(ok, eta, 1.0).astype(dtype),
             nfev=state.nfev + iters,
             njev=state.njev + fresh.astype(jnp.int32),

@@ -45,7 +45,13 @@ def _dense_tangent_solve(linear_fn, rhs):
     return jnp.linalg.solve(matrix, rhs)
 
 
-def newton_iterate(residual, guess, lu, weight, kappa, max_iters, eta0):
+#: Lower bound on the η used by a stage's first iteration. The η left by the previous
+#: stage is often tiny (its last correction was near round-off, a ratio of noise), and
+#: trusting it would accept an unconverged first iterate.
+ETA_FIRST_MIN = 0.5
+
+
+def newton_iterate(residual, guess, lu, weight, kappa, max_iters, eta0, floor=0.0):
     """The simplified Newton loop (no derivatives); returns (root, NewtonInfo).
 
     Args:
@@ -56,10 +62,12 @@ def newton_iterate(residual, guess, lu, weight, kappa, max_iters, eta0):
         kappa: stopping tolerance κ on the scaled norm.
         max_iters: most iterations.
         eta0: η carried from the previous iteration (stage or step).
+        floor: the round-off level of the scaled norm; a correction below it has converged
+            (and its ratio to the previous one is not a contraction rate).
     """
     dtype = guess.dtype
     eps = jnp.finfo(dtype).eps
-    eta_start = jnp.maximum(eta0, eps) ** 0.8
+    eta_start = jnp.maximum(jnp.maximum(eta0, eps) ** 0.8, ETA_FIRST_MIN)
 
     def cond(c):
         it, _, _, _, done, failed = c
@@ -72,8 +80,9 @@ def newton_iterate(residual, guess, lu, weight, kappa, max_iters, eta0):
         theta = norm / jnp.where(prev_norm > 0, prev_norm, 1.0)
         first = it == 0
         eta = jnp.where(first, eta, theta / jnp.maximum(1.0 - theta, eps))
-        failed = ~jnp.isfinite(norm) | (~first & (theta >= 1.0))
-        done = ~failed & ((eta * norm <= kappa) | (norm == 0))
+        at_floor = norm <= floor
+        failed = ~jnp.isfinite(norm) | (~first & ~at_floor & (theta >= 1.0))
+        done = ~failed & ((eta * norm <= kappa) | at_floor)
         return it + 1, k + dk, norm, eta, done, failed
 
     init = (
@@ -84,11 +93,11 @@ def newton_iterate(residual, guess, lu, weight, kappa, max_iters, eta0):
     return k, NewtonInfo(it, done & ~failed, eta)
 
 
-def newton_solve(residual, guess, lu, weight, kappa, max_iters, eta0):
+def newton_solve(residual, guess, lu, weight, kappa, max_iters, eta0, floor=0.0):
     """Root of `residual` by simplified Newton, differentiable implicitly (see module doc)."""
 
     def solve(fn, k0):
-        k, info = newton_iterate(fn, k0, lu, weight, kappa, max_iters, eta0)
+        k, info = newton_iterate(fn, k0, lu, weight, kappa, max_iters, eta0, floor)
         # custom_root's JVP rule gives integer/boolean aux outputs float tangents; pass them
         # as floats and convert back.
         return k, jax.tree.map(lambda x: x.astype(k0.dtype), info)
