@@ -51,10 +51,7 @@ class AbstractAdjoint(eqx.Module):
 
 def lax_loop(cond, body, init, args, max_iter):
     del max_iter
-    # A while loop whose vmap skips per-iteration selects (see jode/ode/loop.py).
-    from .loop import while_loop
-
-    return while_loop(cond, body, init, args)
+    return jax.lax.while_loop(cond, lambda c: body(c, args), init)
 
 
 class ForwardMode(AbstractAdjoint):
@@ -91,7 +88,7 @@ class DirectAdjoint(AbstractAdjoint):
             one segment during the backward pass).
     """
 
-    checkpoints: int | None = None
+    checkpoints: int | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         if self.checkpoints is not None and self.checkpoints < 1:
@@ -206,26 +203,29 @@ def checkpointed_loop(cond, body, init, args, max_iter, *, checkpoints=None, wri
         ca, a_a, b_a, c_a = nondiff
         core = core_of(cf, ca)
         ck = jax.tree.map(lambda x: jnp.zeros((n_ck,) + jnp.shape(x), x.dtype), core)
+        # The carries of the current segment, so the last segment needs no recomputation
+        # (for a solve of fewer than k steps, nothing is recomputed).
+        roll = jax.tree.map(lambda x: jnp.zeros((k,) + jnp.shape(x), x.dtype), core)
 
         def body_fn(state):
-            i, core, bufs, ck = state
+            i, core, bufs, ck, roll = state
             ck = jax.tree.map(lambda b, x: _write_row(b, i // k, x, i % k == 0), ck, core)
+            roll = jax.tree.map(lambda b, x: b.at[i % k].set(x), roll, core)
             core, bufs = step(core, bufs, a_f, a_a, b_f, b_a)
-            return i + 1, core, bufs, ck
+            return i + 1, core, bufs, ck, roll
 
         i0 = jnp.zeros((), jnp.int32)
-        n, core, bufs, ck = jax.lax.while_loop(
-            lambda s: keep_going(s[1], s[2], c_f, c_a), body_fn, (i0, core, bufs, ck)
+        n, core, bufs, ck, roll = jax.lax.while_loop(
+            lambda s: keep_going(s[1], s[2], c_f, c_a), body_fn, (i0, core, bufs, ck, roll)
         )
-        return (core, bufs), (n, ck, bufs, a_f, b_f, c_f, nondiff)
+        return (core, bufs), (n, ck, roll, bufs, a_f, b_f, c_f, nondiff)
 
     def bwd(res, ct):
-        n, ck, bufs_final, a_f, b_f, c_f, nondiff = res
+        n, ck, roll, bufs_final, a_f, b_f, c_f, nondiff = res
         ca, a_a, b_a, c_a = nondiff
         ct_core, ct_bufs = ct
         ct_cf = jax.tree.map(lambda c: None if c.dtype == jax.dtypes.float0 else c, ct_core)
         zeros = lambda t: jax.tree.map(jnp.zeros_like, t)  # noqa: E731
-        store = jax.tree.map(lambda b: jnp.zeros((k,) + b.shape[1:], b.dtype), ck)
 
         def vjp_step(core, ct_cf, ct_bufs):
             cf_j, ca_j = eqx.partition(core, _is_float)
@@ -248,8 +248,11 @@ def checkpointed_loop(cond, body, init, args, max_iter, *, checkpoints=None, wri
                 core, _ = step(core, bufs_final, a_f, a_a, b_f, b_a)
                 return core, store
 
-            last, store = jax.lax.fori_loop(0, length - 1, recompute, (start, store))
-            store = jax.tree.map(lambda b, x: b.at[length - 1].set(x), store, last)
+            # The last segment's carries are still in `store` from the forward pass.
+            redo = s < s_last
+            n_redo = jnp.where(redo, length - 1, 0)
+            last, store = jax.lax.fori_loop(0, n_redo, recompute, (start, store))
+            store = jax.tree.map(lambda b, x: _write_row(b, length - 1, x, redo), store, last)
 
             def reverse(jj, st):
                 ct_cf, ct_bufs, ct_a, ct_b = st
@@ -265,7 +268,7 @@ def checkpointed_loop(cond, body, init, args, max_iter, *, checkpoints=None, wri
             return s - 1, ct_cf, ct_bufs, ct_a, ct_b, store
 
         s_last = (n - 1) // k  # -1 when the loop never ran
-        state = (s_last, ct_cf, ct_bufs, zeros(a_f), zeros(b_f), store)
+        state = (s_last, ct_cf, ct_bufs, zeros(a_f), zeros(b_f), roll)
         _, ct_cf, ct_bufs, ct_a, ct_b, _ = jax.lax.while_loop(
             lambda st: st[0] >= 0, segment, state
         )
@@ -276,15 +279,28 @@ def checkpointed_loop(cond, body, init, args, max_iter, *, checkpoints=None, wri
     run.defvjp(fwd, bwd)
     diff = (core_f, bufs0, args_f, body_f, cond_f)
     nondiff = (core_a, args_a, body_a, cond_a)
-    try:
-        core, bufs = run(diff, nondiff)
-    except TypeError as exc:
-        if "forward-mode" not in str(exc) and "jvp" not in str(exc):
-            raise
-        # Forward mode (jax.jvp / jax.jacfwd) cannot enter a custom_vjp: it runs the plain
-        # loop instead, which JAX differentiates forwards exactly.
+    if _forward_mode((init, args, body_cc, cond_cc)):
+        # Forward mode (jax.jvp / jax.jacfwd) cannot enter a custom_vjp: run the plain
+        # loop, which JAX differentiates forwards exactly.
         return lax_loop(cond, body, init, args, max_iter)
+    core, bufs = run(diff, nondiff)
     return join_carry(core, bufs)
+
+
+def _forward_mode(tree):
+    """Whether the innermost transformation acting on `tree` is forward mode (jvp).
+
+    Reverse mode linearizes with its own tracer type (JAX's direct linearization), so a
+    JVP tracer on the outside means jax.jvp / jax.jacfwd; forward-over-reverse (Hessians,
+    Hessian-vector products) sees the linearization first and takes the checkpointed path.
+    """
+    if not getattr(jax.config, "jax_use_direct_linearize", False):
+        return False
+    try:
+        from jax._src.interpreters.ad import JVPTracer
+    except ImportError:  # pragma: no cover - a JAX without this class
+        return False
+    return any(isinstance(x, JVPTracer) for x in jax.tree.leaves(tree))
 
 
 
@@ -327,7 +343,7 @@ class BacksolveAdjoint(AbstractAdjoint):
     rtol: float | None = None
     atol: float | None = None
     solver: object = None
-    seminorm: bool = False
+    seminorm: bool = eqx.field(static=True, default=False)
 
     def loop(self, cond, body, init, args, max_iter):
         return lax_loop(cond, body, init, args, max_iter)
