@@ -33,6 +33,13 @@ __all__ = [
     "DOPRI5",
     "TSIT5",
     "DOPRI8",
+    "DIRKTableau",
+    "RosenbrockTableau",
+    "rosenbrock_order_residuals",
+    "IMPLICIT_EULER",
+    "KVAERNO3",
+    "KVAERNO5",
+    "RODAS5",
 ]
 
 
