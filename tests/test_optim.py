@@ -98,6 +98,39 @@ def test_ros2_on_stiff_quadratic():
     assert int(state.nhvp) > 0
 
 
+def test_chebyshev_stability_polynomial_and_interval():
+    # On y' = λy one step multiplies by R_s(z) = T_s(w0 + w1 z)/T_s(w0), z = hλ.
+    from numpy.polynomial import chebyshev as npcheb
+
+    from jode.optim.chebyshev import chebyshev_stages
+
+    solver = optim.Chebyshev(stages=7, damping=0.05)
+    s, w0 = 7, 1.0 + 0.05 / 49
+    ts = npcheb.Chebyshev.basis(s)
+    w1 = ts(w0) / ts.deriv()(w0)
+    lam = jnp.asarray([-0.3, -20.0, -60.0, -94.0])
+    h = 1.0
+    y1 = chebyshev_stages(solver, lambda y: lam * y, jnp.ones(4), lam, h)
+    expected = ts(w0 + w1 * np.asarray(lam) * h) / ts(w0)
+    np.testing.assert_allclose(np.asarray(y1), expected, rtol=1e-10, atol=1e-13)
+    assert np.all(np.abs(expected) <= 1.0)
+    # β_s = (1 + w0)/w1 ≈ (2 - 4ε/3) s² (Hundsdorfer & Verwer 2003, §V.1).
+    assert solver.stability_interval() == pytest.approx((1 + w0) / w1, rel=1e-12)
+    assert solver.stability_interval() == pytest.approx((2 - 4 * 0.05 / 3) * s**2, rel=0.02)
+
+
+def test_chebyshev_flow_converges_on_stiff_quadratic():
+    a = jnp.asarray([1.0, 300.0])
+    loss = lambda p: 0.5 * jnp.sum(a * (p - 1.0) ** 2)  # noqa: E731
+    opt = optim.gradient_flow(optim.Chebyshev(stages=10), rtol=1e-2, atol=1e-4)
+    (p, state), _ = _run(opt, loss, jnp.zeros(2), 60)
+    exact = 1.0 - jnp.exp(-a * state.t)
+    assert float(jnp.max(jnp.abs(p - exact))) < 5e-3  # first order, tolerance-level error
+    # 60 steps reach t > 5 (Tsit5 is held to h < 3.5/300 by stability: > 400 steps).
+    assert float(state.t) > 5.0
+    assert float(jnp.max(jnp.abs(p - 1.0))) < 1e-2
+
+
 def test_truncated_cg_matches_dense_solve():
     rng = np.random.default_rng(0)
     m = rng.normal(size=(6, 6))

@@ -4,6 +4,7 @@
     res = jode.optim.minimize_by_flow(loss, θ0, args)    # integrate to a steady state
 """
 
+from .chebyshev import Chebyshev as Chebyshev
 from .flow import FlowState as FlowState
 from .flow import gradient_flow as gradient_flow
 from .minimize import FlowResult as FlowResult

@@ -185,15 +185,19 @@ class TrainResult(NamedTuple):
     iterations: jax.Array
     grad_evals: jax.Array
     best_val_loss: jax.Array
+    target_iterations: jax.Array  # first iteration with validation loss <= val_target (-1: never)
+    target_grad_evals: jax.Array
 
 
-def train_early_stopping(kind, loss, params0, train, val, *, learning_rate=None, max_iters=5000,
-                         patience: int = 50, min_improvement: float = 0.05, **flow_kwargs):
+def train_early_stopping(kind, loss, params0, train, val, *, learning_rate=None, val_target=None,
+                         max_iters=5000, patience: int = 50, min_improvement: float = 0.05,
+                         **flow_kwargs):
     """Full-batch training with the article's early stopping rule.
 
     Stops when `patience` iterations bring no relative improvement of the validation loss
     by more than `min_improvement` (the reference value is reset at each such improvement);
-    returns the parameters with the lowest validation loss seen.
+    returns the parameters with the lowest validation loss seen, and when the validation
+    loss first fell to `val_target` (a traced scalar; None: never).
 
     Args:
         loss: loss(params, x, y) -> scalar.
@@ -201,28 +205,32 @@ def train_early_stopping(kind, loss, params0, train, val, *, learning_rate=None,
     """
     opt = make_optimizer(kind, learning_rate, **flow_kwargs)
     value_fn = lambda p: loss(p, *train)  # noqa: E731
+    v0 = loss(params0, *val)
+    target = jnp.asarray(-jnp.inf if val_target is None else val_target, v0.dtype)
 
     def cond(c):
-        s, _, _, _, since, _ = c
+        s, since = c[0], c[4]
         return (s.k < max_iters) & (s.k - since < patience)
 
     def body(c):
-        s, best, best_p, mark, since, _ = c
-        _, nfev, s = take_step(kind, opt, value_fn, s)
+        s, best, best_p, mark, since, hit_k, hit_nfev = c
+        _, _, s = take_step(kind, opt, value_fn, s)
         v = loss(s.params, *val)
         better = v < best
         best_p = jax.tree.map(lambda a, b: jnp.where(better, a, b), s.params, best_p)
         big = v < mark * (1.0 - min_improvement)
+        first = (hit_k < 0) & (v <= target)
+        nfev = _grad_evals(kind, s.opt_state, s.k, s.ls_total) - (0 if kind in _FROM_STATE else 1)
         return (s, jnp.where(better, v, best), best_p, jnp.where(big, v, mark),
-                jnp.where(big, s.k, since), nfev)
+                jnp.where(big, s.k, since), jnp.where(first, s.k, hit_k), jnp.where(first, nfev, hit_nfev))
 
-    v0 = loss(params0, *val)
-    init = (init_step(opt, params0), v0, params0, v0, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
-    s, best, best_p, _, _, _ = jax.lax.while_loop(cond, body, init)
+    minus = jnp.asarray(-1, jnp.int32)
+    init = (init_step(opt, params0), v0, params0, v0, jnp.zeros((), jnp.int32), minus, minus)
+    s, best, best_p, _, _, hit_k, hit_nfev = jax.lax.while_loop(cond, body, init)
     # Evaluations spent: the count before a step includes the next point's gradient, which
     # SGD/Adam never computed for the final point.
     nfev = _grad_evals(kind, s.opt_state, s.k, s.ls_total) - (0 if kind in _FROM_STATE else 1)
-    return TrainResult(best_p, s.k, nfev, best)
+    return TrainResult(best_p, s.k, nfev, best, hit_k, hit_nfev)
 
 
 def flat_size(params) -> int:

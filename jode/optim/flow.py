@@ -44,6 +44,7 @@ from jax.flatten_util import ravel_pytree
 
 from ..ode.control import PIDController, initial_step, pid_update, scaled_error
 from ..ode.explicit import ExplicitRK, Tsit5, rk_step
+from .chebyshev import Chebyshev, chebyshev_stages
 from .rosenbrock import Ros2, ros2_step
 
 # Status codes kept in FlowState.status (int32).
@@ -81,10 +82,10 @@ class FlowState(NamedTuple):
 
 
 def _check(solver, rtol, atol, max_rejects, controller):
-    if not isinstance(solver, ExplicitRK | Ros2):
+    if not isinstance(solver, ExplicitRK | Ros2 | Chebyshev):
         raise ValueError(
             "solver must be an adaptive jode Runge-Kutta solver (jode.Tsit5(), jode.Bosh3(), "
-            f"jode.Dopri5(), …) or jode.optim.Ros2(); got solver={solver!r}"
+            f"jode.Dopri5(), …), jode.optim.Chebyshev() or jode.optim.Ros2(); got solver={solver!r}"
         )
     if isinstance(solver, ExplicitRK) and not solver.adaptive:
         raise ValueError(
@@ -125,7 +126,8 @@ def gradient_flow(
 
     Args:
         solver: `jode.Tsit5()` (default), `jode.Bosh3()`, `jode.Dopri5()`, `jode.Heun()` or
-            any adaptive `jode.ExplicitRK`; or `jode.optim.Ros2()` for stiff flows.
+            any adaptive `jode.ExplicitRK`; `jode.optim.Chebyshev(stages)` (stabilized
+            explicit, for the real spectra of gradient flows) or `jode.optim.Ros2()` (stiff).
         rtol, atol: tolerances of the local error per step, on the parameters.
         dt0: first step size in flow time; chosen automatically when omitted.
         controller: a `jode.PIDController` (default: the I-controller, factormax=10).
@@ -175,6 +177,8 @@ def gradient_flow(
 
         if isinstance(solver, Ros2):
             attempt, error_order, nfev0, extra = _implicit_attempt(solver, value_and_grad, y, g0)
+        elif isinstance(solver, Chebyshev):
+            attempt, error_order, nfev0, extra = _chebyshev_attempt(solver, value_and_grad, y, g0)
         else:
             attempt, error_order, nfev0, extra = _explicit_attempt(solver, value_and_grad, y, g0, v0)
 
@@ -260,6 +264,19 @@ def _explicit_attempt(solver: ExplicitRK, value_and_grad, y, g0, v0):
 
     per_try = tableau.stages - 1 if tableau.fsal else tableau.stages
     return attempt, solver.error_order, 0, {"nfev_per_try": per_try}
+
+
+def _chebyshev_attempt(solver: Chebyshev, value_and_grad, y, g0):
+    """One Runge-Kutta-Chebyshev attempt; the last evaluation gives L, ∇L at θ_{n+1}."""
+
+    def attempt(h):
+        y1 = chebyshev_stages(solver, lambda z: -value_and_grad(z)[1], y, -g0, h)
+        v1, g1 = value_and_grad(y1)
+        err = y1 - y + (0.5 * h) * (g0 + g1)
+        ok = jnp.all(jnp.isfinite(y1)) & jnp.all(jnp.isfinite(g1)) & jnp.isfinite(v1)
+        return y1, v1, g1, err, ok, jnp.zeros((), jnp.int32)
+
+    return attempt, solver.error_order, 0, {"nfev_per_try": int(solver.stages)}
 
 
 def _implicit_attempt(solver: Ros2, value_and_grad, y, g0):
