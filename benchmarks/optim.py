@@ -52,37 +52,80 @@ def steady_state(quick):
         grad = jax.grad(fn)
         x0 = jnp.asarray(x0)
 
-        jode_run = jax.jit(lambda x: optim.minimize_by_flow(lambda p, a: fn(p), x, rtol=rtol, atol=atol,
-                                                            gtol=gtol, max_steps=20000))
+        jode_run = jax.jit(
+            lambda x: optim.minimize_by_flow(
+                lambda p, a: fn(p), x, rtol=rtol, atol=atol, gtol=gtol, max_steps=20000
+            )
+        )
         first, best = timeit(jode_run, x0)
         r = jode_run(x0)
-        rows.append((test.name, "jode minimize_by_flow (Tsit5)", first - best, best, int(r.nfev),
-                     float(r.value) - test.minimum))
+        rows.append(
+            (
+                test.name,
+                "jode minimize_by_flow (Tsit5)",
+                first - best,
+                best,
+                int(r.nfev),
+                float(r.value) - test.minimum,
+            )
+        )
 
         def dfx(x):
             term = diffrax.ODETerm(lambda t, y, a: -grad(y))
             event = diffrax.Event(lambda t, y, a, **kw: jnp.linalg.norm(grad(y)) <= gtol)
-            sol = diffrax.diffeqsolve(term, diffrax.Tsit5(), 0.0, 1e12, None, x,
-                                      stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-                                      event=event, max_steps=20000, throw=False)
+            sol = diffrax.diffeqsolve(
+                term,
+                diffrax.Tsit5(),
+                0.0,
+                1e12,
+                None,
+                x,
+                stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+                event=event,
+                max_steps=20000,
+                throw=False,
+            )
             return sol.ys[-1], sol.stats["num_steps"]
 
         dfx = jax.jit(dfx)
         first, best = timeit(dfx, x0)
         y, steps = dfx(x0)
         # diffrax Tsit5: 6 new evaluations per step (FSAL) + the event's gradient per step.
-        rows.append((test.name, "diffrax Tsit5 + Event", first - best, best, int(steps) * 7,
-                     float(fn(y)) - test.minimum))
+        rows.append(
+            (
+                test.name,
+                "diffrax Tsit5 + Event",
+                first - best,
+                best,
+                int(steps) * 7,
+                float(fn(y)) - test.minimum,
+            )
+        )
 
         g_np = jax.jit(grad)
         stop = lambda t, y: float(np.linalg.norm(np.asarray(g_np(jnp.asarray(y))))) - gtol  # noqa: E731
         stop.terminal = True
         t = time.perf_counter()
-        sol = scipy.integrate.solve_ivp(lambda t, y: -np.asarray(g_np(jnp.asarray(y))), (0.0, 1e12),
-                                        np.asarray(x0), method="RK45", rtol=rtol, atol=atol, events=stop)
+        sol = scipy.integrate.solve_ivp(
+            lambda t, y: -np.asarray(g_np(jnp.asarray(y))),
+            (0.0, 1e12),
+            np.asarray(x0),
+            method="RK45",
+            rtol=rtol,
+            atol=atol,
+            events=stop,
+        )
         wall = time.perf_counter() - t
-        rows.append((test.name, "scipy solve_ivp RK45 + event", 0.0, wall, int(sol.nfev),
-                     float(fn(jnp.asarray(sol.y[:, -1]))) - test.minimum))
+        rows.append(
+            (
+                test.name,
+                "scipy solve_ivp RK45 + event",
+                0.0,
+                wall,
+                int(sol.nfev),
+                float(fn(jnp.asarray(sol.y[:, -1]))) - test.minimum,
+            )
+        )
     return rows
 
 
@@ -93,28 +136,36 @@ def step_cost(quick):
     loss = lambda p: exp.xent(p, xtr, ytr)  # noqa: E731
     n = 20 if quick else 100
     rows = []
-    for name, kind, lr, kw in [("value_and_grad only", None, None, {}),
-                               ("optax adam", "adam", 3e-2, {}),
-                               ("gradient_flow Bosh3", "flow", None, dict(rtol=1e-3, atol=1e-4, solver=jode.Bosh3())),
-                               ("gradient_flow Tsit5", "flow", None, dict(rtol=1e-3, atol=1e-4)),
-                               ("gradient_flow Chebyshev(10)", "flow", None,
-                                dict(rtol=3e-2, atol=3e-3, solver=optim.Chebyshev(stages=10)))]:
+    for name, kind, lr, kw in [
+        ("value_and_grad only", None, None, {}),
+        ("optax adam", "adam", 3e-2, {}),
+        ("gradient_flow Bosh3", "flow", None, dict(rtol=1e-3, atol=1e-4, solver=jode.Bosh3())),
+        ("gradient_flow Tsit5", "flow", None, dict(rtol=1e-3, atol=1e-4)),
+        (
+            "gradient_flow Chebyshev(10)",
+            "flow",
+            None,
+            dict(rtol=3e-2, atol=3e-3, solver=optim.Chebyshev(stages=10)),
+        ),
+    ]:
         if kind is None:
+
             def run(p):
                 def body(p, _):
                     v, g = jax.value_and_grad(loss)(p)
                     return jax.tree.map(lambda a, b: a - 1e-3 * b, p, g), v
+
                 return jax.lax.scan(body, p, None, length=n)[0]
-            evals = lambda p: n  # noqa: E731
         else:
             opt = compare.make_optimizer(kind, lr, **kw)
 
             def run(p, kind=kind, opt=opt):
                 def body(s, _):
                     return compare.take_step(kind, opt, loss, s)[2], None
+
                 s = jax.lax.scan(body, compare.init_step(opt, p), None, length=n)[0]
                 return s.params, s.opt_state
-            evals = None
+
         run = jax.jit(run)
         first, best = timeit(run, params, repeat=3)
         nfev = n
@@ -127,8 +178,11 @@ def step_cost(quick):
 
 def protocol(quick):
     seeds = (0,) if quick else (0, 1, 2)
-    opts = {"adam": ("adam", (3e-2,), {}), "flow (Chebyshev)": exp.TRAIN_OPTIMIZERS["flow (Chebyshev)"],
-            "flow (Bosh3)": exp.TRAIN_OPTIMIZERS["flow (Bosh3)"]}
+    opts = {
+        "adam": ("adam", (3e-2,), {}),
+        "flow (Chebyshev)": exp.TRAIN_OPTIMIZERS["flow (Chebyshev)"],
+        "flow (Bosh3)": exp.TRAIN_OPTIMIZERS["flow (Bosh3)"],
+    }
     return exp.train_compare(exp.digits_data(0), (64, 32, 5), seeds, opts, max_iters=5000)
 
 
@@ -136,10 +190,15 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     quick = parser.parse_args().quick
-    print(f"jax {jax.__version__}, diffrax {diffrax.__version__}, optax {optax.__version__}, "
-          f"device {jax.devices()[0].platform}")
+    print(
+        f"jax {jax.__version__}, diffrax {diffrax.__version__}, optax {optax.__version__}, "
+        f"device {jax.devices()[0].platform}"
+    )
     print("\n## 1. Gradient flow to a steady state (‖∇f‖ ≤ 1e-5, rtol 1e-8, atol 1e-10)\n")
-    print("| function | method | compile s | run ms | gradient evals | f - f* |\n|---|---|---|---|---|---|")
+    print(
+        "| function | method | compile s | run ms | gradient evals | f - f* |\n"
+        "|---|---|---|---|---|---|"
+    )
     for name, method, comp, run, nfev, gap in steady_state(quick):
         print(f"| {name} | {method} | {comp:.2f} | {run * 1e3:.2f} | {nfev} | {gap:.1e} |")
     print("\n## 2. One optimizer step, digits 0-4 MLP (2,277 parameters, 500 images, float32)\n")
@@ -147,14 +206,19 @@ def main():
     for name, comp, ms, ev in step_cost(quick):
         print(f"| {name} | {comp:.2f} | {ms:.3f} | {ev:.2f} |")
     print("\n## 3. Digits 0-4 protocol (early stopping; mean over seeds)\n")
-    print("| optimizer | test accuracy | best val loss | iterations | gradient evals | wall s | "
-          "wall s to Adam's val loss | compile s |\n|---|---|---|---|---|---|---|---|")
+    print(
+        "| optimizer | test accuracy | best val loss | iterations | gradient evals | wall s | "
+        "wall s to Adam's val loss | compile s |\n|---|---|---|---|---|---|---|---|"
+    )
     res = protocol(quick)
     for name, r in res.items():
         to = r.get("wall_s_to_adam_val_loss")
-        print(f"| {name} | {r['test_accuracy']:.4f} | {r['best_val_loss']:.4f} | {r['iterations']:.0f} | "
-              f"{r['grad_evals']:.0f} | {r['wall_s']:.3f} | {'-' if to is None else f'{to:.3f}'} | "
-              f"{r['compile_s']:.1f} |")
+        print(
+            f"| {name} | {r['test_accuracy']:.4f} | {r['best_val_loss']:.4f} | "
+            f"{r['iterations']:.0f} | "
+            f"{r['grad_evals']:.0f} | {r['wall_s']:.3f} | {'-' if to is None else f'{to:.3f}'} | "
+            f"{r['compile_s']:.1f} |"
+        )
     for name in ("flow (Chebyshev)", "flow (Bosh3)"):
         ratio = res[name]["wall_s"] / res["adam"]["wall_s"]
         print(f"\nwall-time ratio {name} / Adam: {ratio:.1f}x (whole protocol)")

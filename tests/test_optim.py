@@ -28,7 +28,10 @@ def exact_flow(t):
 
 
 def _max_diff(a, b):
-    return max(float(jnp.max(jnp.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+    return max(
+        float(jnp.max(jnp.abs(x - y)))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
 
 
 def _run(opt, loss, params, n, from_state=True):
@@ -41,7 +44,9 @@ def _run(opt, loss, params, n, from_state=True):
         else:
             v, g = jax.value_and_grad(loss)(p)
         u, s = opt.update(g, s, p, value=v, grad=g, value_fn=loss)
-        return (optax.apply_updates(p, u), s), jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(u)))
+        return (optax.apply_updates(p, u), s), jnp.sqrt(
+            sum(jnp.sum(x**2) for x in jax.tree.leaves(u))
+        )
 
     @jax.jit
     def run(p):
@@ -51,8 +56,11 @@ def _run(opt, loss, params, n, from_state=True):
 
 
 def _flow_state(state):
-    return [s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, optim.FlowState))
-            if isinstance(s, optim.FlowState)][0]
+    return [
+        s
+        for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, optim.FlowState))
+        if isinstance(s, optim.FlowState)
+    ][0]
 
 
 def test_flow_follows_exact_gradient_flow_on_pytree_quadratic():
@@ -85,8 +93,15 @@ def test_ros2_on_stiff_quadratic():
     # λ = 1 and 1e4: explicit steps are held to h < 3.5e-4 by stability; Ros2 is L-stable.
     a = jnp.asarray([1.0, 1e4])
     loss = lambda p: 0.5 * jnp.sum(a * (p - 1.0) ** 2)  # noqa: E731
-    res_ros = optim.minimize_by_flow(lambda p, _: loss(p), jnp.zeros(2), solver=optim.Ros2(),
-                                     rtol=1e-3, atol=1e-6, gtol=1e-8, max_steps=400)
+    res_ros = optim.minimize_by_flow(
+        lambda p, _: loss(p),
+        jnp.zeros(2),
+        solver=optim.Ros2(),
+        rtol=1e-3,
+        atol=1e-6,
+        gtol=1e-8,
+        max_steps=400,
+    )
     assert bool(res_ros.converged)
     assert float(jnp.max(jnp.abs(res_ros.params - 1.0))) < 1e-8
     assert int(res_ros.steps) < 300  # an explicit method needs > 1e4 steps here
@@ -137,7 +152,9 @@ def test_truncated_cg_matches_dense_solve():
     mat = jnp.asarray(m @ m.T + 6 * np.eye(6))
     b = jnp.asarray(rng.normal(size=6))
     x, steps = optim.truncated_cg(lambda v: mat @ v, b, 20, 1e-12)
-    np.testing.assert_allclose(np.asarray(x), np.linalg.solve(np.asarray(mat), np.asarray(b)), rtol=1e-9)
+    np.testing.assert_allclose(
+        np.asarray(x), np.linalg.solve(np.asarray(mat), np.asarray(b)), rtol=1e-9
+    )
     assert int(steps) <= 7
     # Negative curvature at once: the right-hand side comes back (the explicit direction).
     x_neg, _ = optim.truncated_cg(lambda v: -v, b, 20, 1e-12)
@@ -152,8 +169,15 @@ def test_truncated_cg_matches_dense_solve():
     ],
 )
 def test_minimize_by_flow_reaches_global_minima(test_fn, start, solver, rtol, gtol):
-    res = optim.minimize_by_flow(lambda p, _: test_fn.fn(p), jnp.asarray(start), solver=solver,
-                                 rtol=rtol, atol=rtol * 1e-2, gtol=gtol, max_steps=5000)
+    res = optim.minimize_by_flow(
+        lambda p, _: test_fn.fn(p),
+        jnp.asarray(start),
+        solver=solver,
+        rtol=rtol,
+        atol=rtol * 1e-2,
+        gtol=gtol,
+        max_steps=5000,
+    )
     assert bool(res.converged)
     assert abs(float(res.value) - test_fn.minimum) < 1e-6  # published minimum value
     dist = min(float(jnp.linalg.norm(res.params - jnp.asarray(m))) for m in test_fn.minimizers)
@@ -200,8 +224,11 @@ def test_run_to_target_counts_match_adam_reference():
     promotion = jax.numpy_dtype_promotion("standard")  # optax.adam mixes int32 counts and floats
     promotion.__enter__()
     x0 = jnp.asarray([0.6, -0.2])
-    res = jax.jit(lambda x: compare.run_to_target("adam", fn, x, minima, values, learning_rate=0.05,
-                                                  max_iters=3000))(x0)
+    res = jax.jit(
+        lambda x: compare.run_to_target(
+            "adam", fn, x, minima, values, learning_rate=0.05, max_iters=3000
+        )
+    )(x0)
     opt = optax.adam(0.05)
     step = jax.jit(lambda p, s: opt.update(jax.grad(fn)(p), s, p))
     p, s, k = x0, opt.init(x0), 0

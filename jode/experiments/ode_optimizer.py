@@ -38,9 +38,11 @@ ORDER = 50
 FLOW_TOL = {"flow": dict(rtol=1e-5, atol=1e-7), "flow-ros2": dict(rtol=1e-3, atol=1e-5)}
 LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 #: Learning rates used in quick mode (the ones the full mode's tuning picked).
-QUICK_LR = {"camel": {"sgd": 3e-3, "momentum": 1e-3, "adam": 3e-2},
-            "goldstein_price": {"sgd": 1e-3, "momentum": 1e-3, "adam": 3e-2},
-            "rosenbrock": {"sgd": 1e-3, "momentum": 1e-3, "adam": 3e-2}}
+QUICK_LR = {
+    "camel": {"sgd": 3e-3, "momentum": 1e-3, "adam": 3e-2},
+    "goldstein_price": {"sgd": 1e-3, "momentum": 1e-3, "adam": 3e-2},
+    "rosenbrock": {"sgd": 1e-3, "momentum": 1e-3, "adam": 3e-2},
+}
 TARGET = 1e-6
 
 
@@ -63,8 +65,12 @@ def _summary(res, is_global, lr):
     glob = hit & np.asarray(is_global)[np.asarray(res.nearest)]
     med = lambda a: float(np.median(np.asarray(a)[hit])) if hit.any() else None  # noqa: E731
     return dict(
-        learning_rate=lr, starts=int(hit.size), reached=int(hit.sum()), reached_global=int(glob.sum()),
-        fraction_global=float(glob.mean()), median_iterations=med(res.hit_iters),
+        learning_rate=lr,
+        starts=int(hit.size),
+        reached=int(hit.sum()),
+        reached_global=int(glob.sum()),
+        fraction_global=float(glob.mean()),
+        median_iterations=med(res.hit_iters),
         median_grad_evals=med(res.hit_nfev),
     )
 
@@ -79,8 +85,17 @@ def compare_function(key: str, n_grid: int, kinds, max_iters: int, tune: bool, n
         tol = FLOW_TOL.get(kind, {})
 
         def one(x, lr, kind=kind, tol=tol):
-            return C.run_to_target(kind, test.fn, x, minima, values, learning_rate=lr,
-                                   max_iters=max_iters, target=TARGET, **tol)
+            return C.run_to_target(
+                kind,
+                test.fn,
+                x,
+                minima,
+                values,
+                learning_rate=lr,
+                max_iters=max_iters,
+                target=TARGET,
+                **tol,
+            )
 
         batch = jax.jit(jax.vmap(one, in_axes=(0, None)))
         needs_lr = kind in ("sgd", "momentum", "adam")
@@ -115,8 +130,11 @@ def _paths(key, kinds, lrs, x0, n_iters):
     paths = {}
     for kind in kinds:
         lr = lrs.get(kind)
-        f = jax.jit(lambda x, kind=kind, lr=lr: C.trajectory(kind, test.fn, x, n_iters,
-                                                             learning_rate=lr, **FLOW_TOL.get(kind, {})))
+        f = jax.jit(
+            lambda x, kind=kind, lr=lr: C.trajectory(
+                kind, test.fn, x, n_iters, learning_rate=lr, **FLOW_TOL.get(kind, {})
+            )
+        )
         paths[kind] = np.asarray(f(jnp.asarray(x0, jnp.float64)))
     return paths
 
@@ -139,7 +157,14 @@ def _contour(ax, key):
     ax.set_title(test.name)
 
 
-COLORS = {"flow": "C3", "flow-ros2": "C5", "sgd": "C0", "momentum": "C1", "adam": "C2", "lbfgs": "C4"}
+COLORS = {
+    "flow": "C3",
+    "flow-ros2": "C5",
+    "sgd": "C0",
+    "momentum": "C1",
+    "adam": "C2",
+    "lbfgs": "C4",
+}
 
 
 def path_figure(out_dir: Path, all_paths: dict):
@@ -189,7 +214,11 @@ TRAIN_OPTIMIZERS = {
     "adam": ("adam", (1e-3, 3e-3, 1e-2, 3e-2, 1e-1), {}),
     "flow (Chebyshev)": ("flow", None, dict(rtol=3e-2, atol=3e-3, solver=Chebyshev(stages=10))),
     "flow (Bosh3)": ("flow", None, dict(rtol=1e-3, atol=1e-4, solver=Bosh3())),
-    "flow (Ros2)": ("flow-ros2", None, dict(rtol=1e-2, atol=1e-3, solver=Ros2(krylov_steps=5, krylov_rtol=1e-2))),
+    "flow (Ros2)": (
+        "flow-ros2",
+        None,
+        dict(rtol=1e-2, atol=1e-3, solver=Ros2(krylov_steps=5, krylov_rtol=1e-2)),
+    ),
     "sgd": ("sgd", (0.1, 0.3, 1.0, 3.0), {}),
 }
 
@@ -200,8 +229,11 @@ def split_per_class(x, y, n_train: int, n_val: int, seed: int):
     parts = ([], [], [])
     for label in np.unique(y):
         idx = rng.permutation(np.flatnonzero(y == label))
-        for part, sel in zip(parts, (idx[:n_train], idx[n_train:n_train + n_val], idx[n_train + n_val:]),
-                             strict=True):
+        for part, sel in zip(
+            parts,
+            (idx[:n_train], idx[n_train : n_train + n_val], idx[n_train + n_val :]),
+            strict=True,
+        ):
             part.append(sel)
     return [(jnp.asarray(x[np.concatenate(p)]), jnp.asarray(y[np.concatenate(p)])) for p in parts]
 
@@ -211,7 +243,9 @@ def init_mlp(key, sizes, dtype=jnp.float32):
     params = []
     for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
         key, sub = jax.random.split(key)
-        w = jax.random.normal(sub, (fan_in, fan_out), dtype) * jnp.asarray(1.0 / np.sqrt(fan_in), dtype)
+        w = jax.random.normal(sub, (fan_in, fan_out), dtype) * jnp.asarray(
+            1.0 / np.sqrt(fan_in), dtype
+        )
         params.append((w, jnp.zeros((fan_out,), dtype)))
     return params
 
@@ -240,8 +274,19 @@ def train_compare(data, sizes, seeds, optimizers, max_iters: int, progress=None)
     out = {}
     target = None
     for name, (kind, lrs, kw) in optimizers.items():
-        run = jax.jit(lambda p, lr, tgt, kind=kind, kw=kw: C.train_early_stopping(
-            kind, xent, p, train, val, learning_rate=lr, val_target=tgt, max_iters=max_iters, **kw))
+        run = jax.jit(
+            lambda p, lr, tgt, kind=kind, kw=kw: C.train_early_stopping(
+                kind,
+                xent,
+                p,
+                train,
+                val,
+                learning_rate=lr,
+                val_target=tgt,
+                max_iters=max_iters,
+                **kw,
+            )
+        )
         p0 = init_mlp(jax.random.PRNGKey(seeds[0]), sizes)
         f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
         tgt = f32(-np.inf if target is None else target)
@@ -259,21 +304,39 @@ def train_compare(data, sizes, seeds, optimizers, max_iters: int, progress=None)
             res = jax.block_until_ready(compiled(p0, f32(1.0 if lr is None else lr), tgt))
             wall = time.perf_counter() - t
             it, hit = int(res.iterations), int(res.target_iterations)
-            records.append(dict(
-                seed=seed, test_accuracy=accuracy(res.params, *test), val_accuracy=accuracy(res.params, *val),
-                best_val_loss=float(res.best_val_loss), iterations=it, grad_evals=int(res.grad_evals),
-                wall_s=wall, iterations_to_adam_val_loss=hit if target is not None else None,
-                grad_evals_to_adam_val_loss=int(res.target_grad_evals) if target is not None else None,
-                # Cost per iteration is steady, so the time to the target is the run's share.
-                wall_s_to_adam_val_loss=wall * (hit + 1) / max(it, 1) if target is not None and hit >= 0 else None,
-            ))
+            records.append(
+                dict(
+                    seed=seed,
+                    test_accuracy=accuracy(res.params, *test),
+                    val_accuracy=accuracy(res.params, *val),
+                    best_val_loss=float(res.best_val_loss),
+                    iterations=it,
+                    grad_evals=int(res.grad_evals),
+                    wall_s=wall,
+                    iterations_to_adam_val_loss=hit if target is not None else None,
+                    grad_evals_to_adam_val_loss=int(res.target_grad_evals)
+                    if target is not None
+                    else None,
+                    # Cost per iteration is steady, so the time to the target is the run's share.
+                    wall_s_to_adam_val_loss=wall * (hit + 1) / max(it, 1)
+                    if target is not None and hit >= 0
+                    else None,
+                )
+            )
             if progress is not None:
                 progress.update(1)
         mean = lambda k: float(np.mean([r[k] for r in records]))  # noqa: E731
-        out[name] = dict(learning_rate=lr, compile_s=compile_s, test_accuracy=mean("test_accuracy"),
-                         test_accuracy_std=float(np.std([r["test_accuracy"] for r in records])),
-                         best_val_loss=mean("best_val_loss"), iterations=mean("iterations"),
-                         grad_evals=mean("grad_evals"), wall_s=mean("wall_s"), runs=records)
+        out[name] = dict(
+            learning_rate=lr,
+            compile_s=compile_s,
+            test_accuracy=mean("test_accuracy"),
+            test_accuracy_std=float(np.std([r["test_accuracy"] for r in records])),
+            best_val_loss=mean("best_val_loss"),
+            iterations=mean("iterations"),
+            grad_evals=mean("grad_evals"),
+            wall_s=mean("wall_s"),
+            runs=records,
+        )
         hits = [r["wall_s_to_adam_val_loss"] for r in records]
         if target is not None:
             out[name]["reached_adam_val_loss"] = sum(h is not None for h in hits)
@@ -351,8 +414,9 @@ def run_functions(out_dir: Path, quick: bool) -> dict:
     n_grid, max_iters = (6, 500) if quick else (21, 3000)
     functions = {}
     for key in tqdm(keys, desc="test functions"):
-        functions[key] = compare_function(key, n_grid, kinds, max_iters, tune=not quick,
-                                          n_timed=0 if quick else 25)
+        functions[key] = compare_function(
+            key, n_grid, kinds, max_iters, tune=not quick, n_timed=0 if quick else 25
+        )
     metrics["test_functions"] = functions
     starts = {"camel": (-1.5, -0.8), "goldstein_price": (-1.5, 1.5), "rosenbrock": (-1.5, 2.5)}
     all_paths = {}
@@ -372,12 +436,24 @@ def run_networks(out_dir: Path, quick: bool) -> dict:
     metrics: dict = {}
 
     seeds = (0,) if quick else (0, 1, 2, 3, 4)
-    optimizers = ({k: TRAIN_OPTIMIZERS[k] for k in ("adam", "flow (Chebyshev)")} if quick else TRAIN_OPTIMIZERS)
+    optimizers = (
+        {k: TRAIN_OPTIMIZERS[k] for k in ("adam", "flow (Chebyshev)")}
+        if quick
+        else TRAIN_OPTIMIZERS
+    )
     if quick:
-        optimizers = {k: (v[0], None if v[1] is None else (3e-2,), v[2]) for k, v in optimizers.items()}
+        optimizers = {
+            k: (v[0], None if v[1] is None else (3e-2,), v[2]) for k, v in optimizers.items()
+        }
     with tqdm(total=len(seeds) * len(optimizers), desc="digits 0-4") as bar:
-        digits = train_compare(digits_data(0), (64, 32, 5), seeds, optimizers,
-                               max_iters=300 if quick else 5000, progress=bar)
+        digits = train_compare(
+            digits_data(0),
+            (64, 32, 5),
+            seeds,
+            optimizers,
+            max_iters=300 if quick else 5000,
+            progress=bar,
+        )
     metrics["digits"] = digits
     flow, adam = digits["flow (Chebyshev)"], digits["adam"]
     to_target = flow.get("wall_s_to_adam_val_loss")
@@ -402,11 +478,34 @@ def run_networks(out_dir: Path, quick: bool) -> dict:
 def _write_report(out_dir: Path, metrics: dict):
     parts = []
     for key, rows in metrics["test_functions"].items():
-        parts.append(f"### {key}\n\n" + _table(rows, ["learning_rate", "reached", "reached_global",
-                                                      "median_iterations", "median_grad_evals",
-                                                      "median_wall_ms"]))
-    parts.append("### digits 0-4\n\n" + _table(metrics["digits"], [
-        "learning_rate", "test_accuracy", "test_accuracy_std", "best_val_loss", "iterations", "grad_evals",
-        "wall_s", "compile_s"]))
+        parts.append(
+            f"### {key}\n\n"
+            + _table(
+                rows,
+                [
+                    "learning_rate",
+                    "reached",
+                    "reached_global",
+                    "median_iterations",
+                    "median_grad_evals",
+                    "median_wall_ms",
+                ],
+            )
+        )
+    parts.append(
+        "### digits 0-4\n\n"
+        + _table(
+            metrics["digits"],
+            [
+                "learning_rate",
+                "test_accuracy",
+                "test_accuracy_std",
+                "best_val_loss",
+                "iterations",
+                "grad_evals",
+                "wall_s",
+                "compile_s",
+            ],
+        )
+    )
     (out_dir / "summary.md").write_text("\n\n".join(parts) + "\n")
-

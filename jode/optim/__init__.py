@@ -1,7 +1,7 @@
 """Optimizing by integrating the gradient flow dθ/dt = -∇L(θ) (Owens & Filkin 1989).
 
-    opt = jode.optim.gradient_flow(rtol=1e-3)            # an optax optimizer, no learning rate
-    res = jode.optim.minimize_by_flow(loss, θ0, args)    # integrate to a steady state
+opt = jode.optim.gradient_flow(rtol=1e-3)            # an optax optimizer, no learning rate
+res = jode.optim.minimize_by_flow(loss, θ0, args)    # integrate to a steady state
 """
 
 from .chebyshev import Chebyshev as Chebyshev

@@ -54,8 +54,11 @@ def make_optimizer(kind: str, learning_rate=None, *, rtol=1e-6, atol=1e-8, solve
 def _grad_evals(kind, opt_state, k, ls_total):
     """Gradient evaluations spent so far, the current point's included."""
     if kind in ("flow", "flow-ros2"):
-        flow = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, FlowState))
-                if isinstance(s, FlowState)][0]
+        flow = [
+            s
+            for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, FlowState))
+            if isinstance(s, FlowState)
+        ][0]
         return flow.nfev + 1
     if kind == "lbfgs":
         return ls_total + 1
@@ -87,7 +90,9 @@ def take_step(kind, opt, loss, s: Step):
     else:
         value, grad = jax.value_and_grad(loss)(s.params)
     nfev = _grad_evals(kind, s.opt_state, s.k, s.ls_total)
-    updates, opt_state = opt.update(grad, s.opt_state, s.params, value=value, grad=grad, value_fn=loss)
+    updates, opt_state = opt.update(
+        grad, s.opt_state, s.params, value=value, grad=grad, value_fn=loss
+    )
     params = optax.apply_updates(s.params, updates)
     ls_total = s.ls_total + _linesearch_steps(kind, opt_state)
     return value, nfev, Step(params, opt_state, s.k + 1, ls_total)
@@ -103,8 +108,19 @@ class RunResult(NamedTuple):
     nearest: jax.Array  # index of the minimum nearest to the final point
 
 
-def run_to_target(kind, loss, x0, minima, f_minima, *, learning_rate=None, max_iters=2000,
-                  target=1e-6, rtol=1e-6, atol=1e-8):
+def run_to_target(
+    kind,
+    loss,
+    x0,
+    minima,
+    f_minima,
+    *,
+    learning_rate=None,
+    max_iters=2000,
+    target=1e-6,
+    rtol=1e-6,
+    atol=1e-8,
+):
     """Optimize `loss` from x0 until f(x) - f(nearest minimum) < target, or max_iters.
 
     Args:
@@ -163,8 +179,19 @@ def local_minima(fn, box, n: int = 25, gtol: float = 1e-9, margin: float = 0.5):
     wx, wy = margin * (x1 - x0), margin * (y1 - y0)
     gx, gy = np.meshgrid(np.linspace(x0 - wx, x1 + wx, n), np.linspace(y0 - wy, y1 + wy, n))
     starts = jnp.asarray(np.stack([gx.ravel(), gy.ravel()], axis=1), jnp.float64)
-    solve = jax.jit(jax.vmap(lambda p: minimize_by_flow(
-        lambda q, a: fn(q), p, solver=Ros2(), rtol=1e-4, atol=1e-9, gtol=gtol, max_steps=3000)))
+    solve = jax.jit(
+        jax.vmap(
+            lambda p: minimize_by_flow(
+                lambda q, a: fn(q),
+                p,
+                solver=Ros2(),
+                rtol=1e-4,
+                atol=1e-9,
+                gtol=gtol,
+                max_steps=3000,
+            )
+        )
+    )
     res = solve(starts)
     found = []
     for p, ok in zip(np.asarray(res.params), np.asarray(res.converged), strict=True):
@@ -189,9 +216,20 @@ class TrainResult(NamedTuple):
     target_grad_evals: jax.Array
 
 
-def train_early_stopping(kind, loss, params0, train, val, *, learning_rate=None, val_target=None,
-                         max_iters=5000, patience: int = 50, min_improvement: float = 0.05,
-                         **flow_kwargs):
+def train_early_stopping(
+    kind,
+    loss,
+    params0,
+    train,
+    val,
+    *,
+    learning_rate=None,
+    val_target=None,
+    max_iters=5000,
+    patience: int = 50,
+    min_improvement: float = 0.05,
+    **flow_kwargs,
+):
     """Full-batch training with the article's early stopping rule.
 
     Stops when `patience` iterations bring no relative improvement of the validation loss
@@ -221,8 +259,15 @@ def train_early_stopping(kind, loss, params0, train, val, *, learning_rate=None,
         big = v < mark * (1.0 - min_improvement)
         first = (hit_k < 0) & (v <= target)
         nfev = _grad_evals(kind, s.opt_state, s.k, s.ls_total) - (0 if kind in _FROM_STATE else 1)
-        return (s, jnp.where(better, v, best), best_p, jnp.where(big, v, mark),
-                jnp.where(big, s.k, since), jnp.where(first, s.k, hit_k), jnp.where(first, nfev, hit_nfev))
+        return (
+            s,
+            jnp.where(better, v, best),
+            best_p,
+            jnp.where(big, v, mark),
+            jnp.where(big, s.k, since),
+            jnp.where(first, s.k, hit_k),
+            jnp.where(first, nfev, hit_nfev),
+        )
 
     minus = jnp.asarray(-1, jnp.int32)
     init = (init_step(opt, params0), v0, params0, v0, jnp.zeros((), jnp.int32), minus, minus)
@@ -237,5 +282,16 @@ def flat_size(params) -> int:
     return int(ravel_pytree(params)[0].shape[0])
 
 
-__all__ = ["KINDS", "RunResult", "TrainResult", "train_early_stopping", "local_minima", "make_optimizer", "run_to_target",
-           "take_step", "trajectory", "init_step", "flat_size"]
+__all__ = [
+    "KINDS",
+    "RunResult",
+    "TrainResult",
+    "train_early_stopping",
+    "local_minima",
+    "make_optimizer",
+    "run_to_target",
+    "take_step",
+    "trajectory",
+    "init_step",
+    "flat_size",
+]

@@ -156,18 +156,28 @@ def gradient_flow(
         h0 = 0.0 if dt0 is None else float(dt0)
         zero = jnp.zeros((), jnp.int32)
         return FlowState(
-            h=jnp.asarray(h0, dtype), prev_inv=jnp.ones((2,), dtype), t=jnp.zeros((), dtype),
-            value=jnp.asarray(jnp.inf, dtype), grad=jax.tree.map(jnp.zeros_like, params),
-            count=zero, rejected=zero, nfev=zero, nhvp=zero, status=zero,
+            h=jnp.asarray(h0, dtype),
+            prev_inv=jnp.ones((2,), dtype),
+            t=jnp.zeros((), dtype),
+            value=jnp.asarray(jnp.inf, dtype),
+            grad=jax.tree.map(jnp.zeros_like, params),
+            count=zero,
+            rejected=zero,
+            nfev=zero,
+            nhvp=zero,
+            status=zero,
         )
 
-    def update_fn(updates, state: FlowState, params=None, *, value_fn, value=None, grad=None,
-                  **extra_args):
+    def update_fn(
+        updates, state: FlowState, params=None, *, value_fn, value=None, grad=None, **extra_args
+    ):
         del grad, extra_args
         if params is None:
-            raise ValueError("gradient_flow needs params: opt.update(grad, state, params, value_fn=loss)")
+            raise ValueError(
+                "gradient_flow needs params: opt.update(grad, state, params, value_fn=loss)"
+            )
         y, unravel = ravel_pytree(params)
-        dtype, n = y.dtype, y.shape[0]
+        dtype = y.dtype
         g0 = ravel_pytree(updates)[0].astype(dtype)
         v0 = state.value if value is None else jnp.asarray(value, dtype)
 
@@ -180,7 +190,9 @@ def gradient_flow(
         elif isinstance(solver, Chebyshev):
             attempt, error_order, nfev0, extra = _chebyshev_attempt(solver, value_and_grad, y, g0)
         else:
-            attempt, error_order, nfev0, extra = _explicit_attempt(solver, value_and_grad, y, g0, v0)
+            attempt, error_order, nfev0, extra = _explicit_attempt(
+                solver, value_and_grad, y, g0, v0
+            )
 
         def first_step(_):
             f = lambda t, z: -value_and_grad(z)[1]  # noqa: E731
@@ -197,23 +209,40 @@ def gradient_flow(
             y1, v1, g1, err_vec, ok, hvps = attempt(c["h"])
             err = scaled_error(err_vec, y, y1, rtol, atol)
             err = jnp.where(ok, err, jnp.inf)
-            accept, h_next, prev_inv = pid_update(controller, error_order, err, c["h"], c["prev_inv"])
+            accept, h_next, prev_inv = pid_update(
+                controller, error_order, err, c["h"], c["prev_inv"]
+            )
             return dict(
-                accept=accept, tries=c["tries"] + 1, h=h_next, h_taken=c["h"],
-                prev_inv=prev_inv, y1=y1, v1=v1, g1=g1, hvps=c["hvps"] + hvps,
+                accept=accept,
+                tries=c["tries"] + 1,
+                h=h_next,
+                h_taken=c["h"],
+                prev_inv=prev_inv,
+                y1=y1,
+                v1=v1,
+                g1=g1,
+                hvps=c["hvps"] + hvps,
             )
 
         init = dict(
-            accept=jnp.zeros((), bool), tries=jnp.zeros((), jnp.int32), h=h,
-            h_taken=jnp.zeros((), dtype), prev_inv=state.prev_inv, y1=y,
-            v1=jnp.asarray(v0, dtype), g1=g0, hvps=jnp.zeros((), jnp.int32),
+            accept=jnp.zeros((), bool),
+            tries=jnp.zeros((), jnp.int32),
+            h=h,
+            h_taken=jnp.zeros((), dtype),
+            prev_inv=state.prev_inv,
+            y1=y,
+            v1=jnp.asarray(v0, dtype),
+            g1=g0,
+            hvps=jnp.zeros((), jnp.int32),
         )
         out = jax.lax.while_loop(cond, body, init)
         accept = out["accept"]
         tries = out["tries"]
         if isinstance(solver, Ros2):
             # Rosenbrock stages do not end at θ_{n+1}: one more evaluation gives L and ∇L there.
-            v1, g1 = jax.lax.cond(accept, lambda z: value_and_grad(z), lambda z: (out["v1"], g0), out["y1"])
+            v1, g1 = jax.lax.cond(
+                accept, lambda z: value_and_grad(z), lambda z: (out["v1"], g0), out["y1"]
+            )
             nfev = nfev + tries * extra["nfev_per_try"] + accept.astype(jnp.int32)
         else:
             v1, g1 = out["v1"], out["g1"]

@@ -113,15 +113,30 @@ def minimize_by_flow(
         return _norm(grad(p, a)) <= gtol
 
     sol = solve(
-        field, params0, 0.0, t1, args, solver=solver, rtol=rtol, atol=atol, stop=stop,
-        max_steps=max_steps, throw=throw,
+        field,
+        params0,
+        0.0,
+        t1,
+        args,
+        solver=solver,
+        rtol=rtol,
+        atol=atol,
+        stop=stop,
+        max_steps=max_steps,
+        throw=throw,
     )
     params = jax.tree.map(lambda x: x[-1], sol.ys)
     value, g = jax.value_and_grad(loss)(params, args)
     steps = sol.stats["accepted"]
     return FlowResult(
-        params=params, value=value, grad_norm=_norm(g), status=sol.status, t=sol.ts[-1],
-        steps=steps, nfev=sol.stats["nfev"] + steps, nhvp=jnp.zeros((), jnp.int32),
+        params=params,
+        value=value,
+        grad_norm=_norm(g),
+        status=sol.status,
+        t=sol.ts[-1],
+        steps=steps,
+        nfev=sol.stats["nfev"] + steps,
+        nhvp=jnp.zeros((), jnp.int32),
     )
 
 
@@ -145,19 +160,30 @@ def _minimize_loop(loss, params0, args, solver, rtol, atol, gtol, max_steps, thr
     params, st = jax.lax.while_loop(cond, body, (params0, state))
     gnorm = _norm(st.grad)
     status = jnp.where(
-        gnorm <= gtol, Status.EVENT,
-        jnp.where(~jnp.isfinite(st.value), Status.NONFINITE,
-                  jnp.where(st.status == ALL_REJECTED, Status.DT_UNDERFLOW, Status.MAX_STEPS)),
+        gnorm <= gtol,
+        Status.EVENT,
+        jnp.where(
+            ~jnp.isfinite(st.value),
+            Status.NONFINITE,
+            jnp.where(st.status == ALL_REJECTED, Status.DT_UNDERFLOW, Status.MAX_STEPS),
+        ),
     ).astype(jnp.int32)
     if throw:
         import equinox as eqx
 
         params = eqx.error_if(
-            params, status != Status.EVENT,
+            params,
+            status != Status.EVENT,
             "minimize_by_flow did not reach ‖∇L‖ <= gtol: raise max_steps, loosen gtol or "
             "check the loss for non-finite values",
         )
     return FlowResult(
-        params=params, value=st.value, grad_norm=gnorm, status=status, t=st.t,
-        steps=st.count, nfev=st.nfev, nhvp=st.nhvp,
+        params=params,
+        value=st.value,
+        grad_norm=gnorm,
+        status=status,
+        t=st.t,
+        steps=st.count,
+        nfev=st.nfev,
+        nhvp=st.nhvp,
     )

@@ -93,8 +93,12 @@ def truncated_cg(matvec, b, max_steps: int, rtol: float):
         # Non-positive curvature: keep the iterate so far (b itself when nothing was done).
         x_keep = jnp.where(i == 0, b, x)
         return (
-            jnp.where(negative, x_keep, x_new), jnp.where(negative, r, r_new),
-            jnp.where(negative, p, p_new), jnp.where(negative, rs, rs_new), i + 1, negative,
+            jnp.where(negative, x_keep, x_new),
+            jnp.where(negative, r, r_new),
+            jnp.where(negative, p, p_new),
+            jnp.where(negative, rs, rs_new),
+            i + 1,
+            negative,
         )
 
     zero = jnp.zeros_like(b)
