@@ -153,7 +153,9 @@ def _history_scan(n, capacity, block, kernels, source, update, state0, dim, dtyp
             return (state, local), y_next
 
         local0 = jnp.zeros((block, dim), dtype)
-        (state, local), ys = jax.lax.scan(leaf, (state, local0), jnp.arange(block))
+        (state, local), ys = jax.lax.scan(
+            leaf, (state, local0), jnp.arange(block, dtype=jnp.int32)
+        )
         sources = jax.lax.dynamic_update_slice_in_dim(sources, local, b * block, axis=0)
         if levels > 0:
             level = jnp.minimum(_ctz(b + 1), levels)
@@ -292,7 +294,7 @@ def _richardson(fine, half, quarter, n):
     order = jnp.log2(jnp.maximum(e2, tiny) / jnp.maximum(e1, tiny))
     # Bounded so that a pre-asymptotic ratio never makes the estimate optimistic.
     estimate = e1 / (2 ** jnp.clip(order, 0.25, 2.5) - 1)
-    k = jnp.arange(fine.shape[0] // 2 + 1)[:, None]
+    k = jnp.arange(fine.shape[0] // 2 + 1, dtype=jnp.int32)[:, None]
     m = k.shape[0]
     spread = jnp.max(jnp.where(k <= n // 2, jnp.abs(fine[::2][:m] - half[:m]), 0.0))
     return estimate, order, spread
@@ -442,7 +444,7 @@ def solve_fractional(
     nfev = sum(_nfev(method, jnp.asarray(k, jnp.int32), y0_flat.shape[0], corrector_iters,
                      newton_iters) for k in solves)
 
-    k = jnp.arange(cap + 1)
+    k = jnp.arange(cap + 1, dtype=jnp.int32)
     h = (t1 - t0) / n.astype(dtype)
     ts_unclamped = t0 + k.astype(dtype) * h  # increasing, for interpolation
     grid_ts = jnp.where(k == n, t1, jnp.where(k > n, jnp.inf, ts_unclamped))
