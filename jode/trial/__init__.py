@@ -7,6 +7,7 @@ value problems and PDEs on rectangles, with the conditions satisfied exactly.
     solution(1.5), solution.evaluate(xs)
 """
 
+from . import baselines as baselines
 from . import paper as paper
 from .baselines import euler_rk4_errors as euler_rk4_errors
 from .baselines import poisson_fd as poisson_fd

@@ -5,6 +5,7 @@ solve of the Dirichlet Poisson problem.
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -63,8 +64,14 @@ def poisson_fd(source, boundary: Boundary, lower, upper, n: int):
     if n < 3:
         raise ValueError(f"n must be >= 3; got n={n}")
     edges = (boundary.left, boundary.right, boundary.bottom, boundary.top)
-    if boundary.dim != 2 or any(e.kind != DIRICHLET for e in edges):
+    if boundary.dim != 2 or any(e is None or e.kind != DIRICHLET for e in edges):
         raise ValueError("poisson_fd needs Dirichlet data on the four edges of a rectangle")
+    return _poisson_fd(source, boundary, tuple(map(float, lower)), tuple(map(float, upper)),
+                       int(n))
+
+
+@eqx.filter_jit
+def _poisson_fd(source, boundary, lower, upper, n):
     dtype = jnp.zeros(()).dtype
     (a, c), (b, d) = lower, upper
     gx = jnp.linspace(a, b, n, dtype=dtype)

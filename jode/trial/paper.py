@@ -240,6 +240,10 @@ def _edge_points(lower, upper, n, dtype):
 
 def condition_error(solution) -> float:
     """Max violation of the initial/boundary conditions (should be ~machine precision)."""
+    return float(_condition_error(solution))
+
+
+def _condition_error_impl(solution):
     import jax
 
     from .conditions import DIRICHLET, _edge_value
@@ -253,25 +257,31 @@ def condition_error(solution) -> float:
         if cond.slope is not None:
             slope = jax.jvp(solution, (x0,), (jnp.ones_like(x0),))[1]
             err = jnp.maximum(err, jnp.max(jnp.abs(slope - jnp.asarray(cond.slope, dtype))))
-        return float(err)
+        return err
     if prob.dim == 1:
         errs = []
         for name, at in (("left", prob.lower[0]), ("right", prob.upper[0])):
             c, x = getattr(cond, name), jnp.asarray(at, dtype)
             got = solution(x) if c.kind == DIRICHLET else jax.jvp(solution, (x,), (jnp.ones_like(x),))[1]
             errs.append(jnp.abs(got - _edge_value(c, x)))
-        return float(max(errs))
+        return jnp.maximum(*errs)
     errs = []
     for name, (pts, s, axis) in _edge_points(prob.lower, prob.upper, 101, dtype).items():
         c = getattr(cond, name)
         if c.kind == DIRICHLET:
-            got = solution.evaluate(pts)
+            got = jax.vmap(solution)(pts)
         else:
             e = jnp.zeros(2, dtype).at[axis].set(1)
             got = jax.vmap(lambda p: jax.jvp(solution, (p,), (e,))[1])(pts)
         want = jax.vmap(lambda v: _edge_value(c, v))(s)
         errs.append(jnp.max(jnp.abs(got - want)))
-    return float(max(errs))
+    return jnp.max(jnp.stack(errs))
+
+
+def _condition_error(solution):
+    import equinox as eqx
+
+    return eqx.filter_jit(_condition_error_impl)(solution)
 
 
 def assess(paper_problem: PaperProblem, solution, n_train: int) -> dict:

@@ -91,6 +91,7 @@ def _parse_domain(domain):
     return tuple(arr[:, 0].tolist()), tuple(arr[:, 1].tolist())
 
 
+@eqx.filter_jit
 def sigmoid_mlp(key, in_size: int, out_shape: tuple, hidden: int = 10, depth: int = 1,
                 init_scale: float = 2.0, dtype=None) -> eqx.nn.MLP:
     """The paper's network: `depth` hidden layers of `hidden` sigmoid units, linear output.
@@ -155,8 +156,8 @@ class TrialSolution(eqx.Module):
         return self._psi()(x)
 
     def evaluate(self, xs):
-        """ψ_t over a batch: xs of shape (n,) in 1-D or (n, 2) in 2-D."""
-        return jax.vmap(self)(jnp.asarray(xs))
+        """ψ_t over a batch: xs of shape (n,) in 1-D or (n, 2) in 2-D (jit-compiled)."""
+        return _evaluate(self, jnp.asarray(xs))
 
     def derivatives(self, x):
         """(ψ, D¹ψ, ..., D^order ψ) at one point, by forward-mode differentiation."""
@@ -183,6 +184,11 @@ class TrialSolution(eqx.Module):
                 f"got shape {out.shape}. Return one equation per component of psi"
             )
         return out
+
+
+@eqx.filter_jit
+def _evaluate(solution, xs):
+    return jax.vmap(solution)(xs)
 
 
 def _directional(f):
