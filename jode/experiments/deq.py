@@ -143,8 +143,13 @@ def make_step(static, opt):
     return step
 
 
+@eqx.filter_jit
+def _predict(model, x):
+    return jax.vmap(model)(x)
+
+
 def evaluate(model, x, y):
-    logits, stats = eqx.filter_jit(jax.vmap(model))(x)
+    logits, stats = _predict(model, x)
     acc = float(jnp.mean(jnp.argmax(logits, -1) == y))
     steps = float(jnp.mean(stats.steps)) if stats is not None else 0.0
     converged = float(jnp.mean(stats.status == 0)) if stats is not None else 1.0

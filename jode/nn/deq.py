@@ -23,13 +23,33 @@ from ..fixed_point import Anderson, ImplicitAdjoint, fixed_point
 from ..fixed_point.solvers import AbstractFixedPointSolver
 
 
+def top_singular_value(v: jax.Array, squarings: int = 7) -> jax.Array:
+    """σ_max(V) = ‖V x‖ with x the top eigenvector of VᵀV, found by repeated squaring.
+
+    (VᵀV)^(2^k) x₀ (normalised after each squaring) is power iteration with 2^k steps in
+    k matrix products; x is held constant for differentiation (as in spectral
+    normalization, Miyato et al. 2018), so dσ/dV = u xᵀ exactly at convergence. Much
+    faster than an SVD on CPU; the estimate approaches σ_max from below at the rate
+    (σ₂/σ₁)^(2^(k+1)).
+    """
+    gram = jax.lax.stop_gradient(v.T @ v)
+    for _ in range(squarings):
+        gram = gram @ gram
+        gram = gram / jnp.max(jnp.abs(gram))
+    start = jnp.cos(jnp.arange(v.shape[1], dtype=v.dtype))  # fixed, generic start vector
+    x = gram @ (gram @ start)
+    x = jax.lax.stop_gradient(x / jnp.linalg.norm(x))
+    return jnp.linalg.norm(v @ x)
+
+
 class TanhCell(eqx.Module):
     """The contraction-friendly cell f(z, x) = tanh(W z + U x + b) with ‖W‖₂ ≤ bound.
 
     tanh is 1-Lipschitz, so ‖∂f/∂z‖₂ ≤ ‖W‖₂ ≤ bound < 1 makes f a contraction in z for
     every x and θ: the fixed point exists, is unique (Banach), and plain iteration
     converges at rate `bound`. W is the raw weight V rescaled by min(1, bound/σ_max(V))
-    (a spectral bound in the manner of Miyato et al. 2018, with the exact σ_max).
+    (a spectral bound in the manner of Miyato et al. 2018; σ_max by 128-step power
+    iteration done as 7 matrix squarings, see `top_singular_value`).
 
     Args:
         width: size of z.
@@ -55,8 +75,8 @@ class TanhCell(eqx.Module):
         self.bound = bound
 
     def spectral_weight(self) -> jax.Array:
-        """W = V min(1, bound / σ_max(V))."""
-        sigma = jnp.linalg.svd(self.weight, compute_uv=False)[0]
+        """W = V min(1, bound / σ_max(V)); σ_max = ‖V v‖ at V's top right singular vector v."""
+        sigma = top_singular_value(self.weight)
         return self.weight * jnp.minimum(1.0, self.bound / sigma).astype(self.weight.dtype)
 
     def context(self, x):
