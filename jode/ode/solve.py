@@ -491,8 +491,17 @@ def _while_solve(solver, f_flat, args, controller, adaptive, t0, t1, y0, fy0, h0
     # Everything traced that the body reads travels in the loop's operands (closed-over
     # arrays of f and stop included), so the loop can be batched and differentiated as a
     # function of its inputs alone.
-    f_conv, f_consts = jax.closure_convert(f_flat, t0, y0, args)
-    stop_conv, stop_consts = (None, ()) if stop is None else jax.closure_convert(stop, t0, y0, args)
+    # args may hold non-arrays (an equinox module's activation function): convert over
+    # its arrays only, the rest is static.
+    args_arr, args_static = eqx.partition(args, eqx.is_array)
+
+    def _convert(fn):
+        return jax.closure_convert(
+            lambda t, y, a: fn(t, y, eqx.combine(a, args_static)), t0, y0, args_arr
+        )
+
+    f_conv, f_consts = _convert(f_flat)
+    stop_conv, stop_consts = (None, ()) if stop is None else _convert(stop)
     operands = dict(
         args=args, f_consts=f_consts, stop_consts=stop_consts, t1=t1, direction=direction,
         rtol=prob.rtol, atol=prob.atol, ts=ts, jump_ts=prob.jump_ts,
@@ -501,8 +510,10 @@ def _while_solve(solver, f_flat, args, controller, adaptive, t0, t1, y0, fy0, h0
     def body(c, ops):
         f_c, s_c = ops["f_consts"], ops["stop_consts"]
         p = prob._replace(
-            f=lambda t, y, a: f_conv(t, y, a, *f_c),
-            stop=None if stop is None else (lambda t, y, a: stop_conv(t, y, a, *s_c)),
+            f=lambda t, y, a: f_conv(t, y, eqx.filter(a, eqx.is_array), *f_c),
+            stop=None if stop is None else (
+                lambda t, y, a: stop_conv(t, y, eqx.filter(a, eqx.is_array), *s_c)
+            ),
             t1=ops["t1"], direction=ops["direction"], rtol=ops["rtol"], atol=ops["atol"],
             ts=ops["ts"], jump_ts=ops["jump_ts"],
         )
