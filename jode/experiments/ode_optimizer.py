@@ -213,6 +213,12 @@ def path_gif(out_dir: Path, key: str, paths: dict, frames: int):
 TRAIN_OPTIMIZERS = {
     "adam": ("adam", (1e-3, 3e-3, 1e-2, 3e-2, 1e-1), {}),
     "flow (Chebyshev)": ("flow", None, dict(rtol=3e-2, atol=3e-3, solver=Chebyshev(stages=10))),
+    # The same, with the early-stopping patience counted in gradient evaluations (50).
+    "flow (Chebyshev), patience 50 evals": (
+        "flow",
+        None,
+        dict(rtol=3e-2, atol=3e-3, solver=Chebyshev(stages=10), patience_unit="grad_evals"),
+    ),
     "flow (Bosh3)": ("flow", None, dict(rtol=1e-3, atol=1e-4, solver=Bosh3())),
     "flow (Ros2)": (
         "flow-ros2",

@@ -228,6 +228,7 @@ def train_early_stopping(
     max_iters=5000,
     patience: int = 50,
     min_improvement: float = 0.05,
+    patience_unit: str = "iterations",
     **flow_kwargs,
 ):
     """Full-batch training with the article's early stopping rule.
@@ -240,18 +241,25 @@ def train_early_stopping(
     Args:
         loss: loss(params, x, y) -> scalar.
         train, val: (x, y) pairs.
+        patience_unit: "iterations" (the article's rule) or "grad_evals" (patience counted
+            in gradient evaluations, which is the same for SGD/Adam and charges an optimizer
+            whose iteration costs several gradients for them).
     """
+    if patience_unit not in ("iterations", "grad_evals"):
+        raise ValueError(
+            f"patience_unit must be 'iterations' or 'grad_evals'; got {patience_unit!r}"
+        )
     opt = make_optimizer(kind, learning_rate, **flow_kwargs)
     value_fn = lambda p: loss(p, *train)  # noqa: E731
     v0 = loss(params0, *val)
     target = jnp.asarray(-jnp.inf if val_target is None else val_target, v0.dtype)
 
     def cond(c):
-        s, since = c[0], c[4]
-        return (s.k < max_iters) & (s.k - since < patience)
+        s, since, now = c[0], c[4], c[7]
+        return (s.k < max_iters) & (now - since < patience)
 
     def body(c):
-        s, best, best_p, mark, since, hit_k, hit_nfev = c
+        s, best, best_p, mark, since, hit_k, hit_nfev, _ = c
         _, _, s = take_step(kind, opt, value_fn, s)
         v = loss(s.params, *val)
         better = v < best
@@ -259,19 +267,21 @@ def train_early_stopping(
         big = v < mark * (1.0 - min_improvement)
         first = (hit_k < 0) & (v <= target)
         nfev = _grad_evals(kind, s.opt_state, s.k, s.ls_total) - (0 if kind in _FROM_STATE else 1)
+        now = s.k if patience_unit == "iterations" else nfev
         return (
             s,
             jnp.where(better, v, best),
             best_p,
             jnp.where(big, v, mark),
-            jnp.where(big, s.k, since),
+            jnp.where(big, now, since),
             jnp.where(first, s.k, hit_k),
             jnp.where(first, nfev, hit_nfev),
+            now,
         )
 
-    minus = jnp.asarray(-1, jnp.int32)
-    init = (init_step(opt, params0), v0, params0, v0, jnp.zeros((), jnp.int32), minus, minus)
-    s, best, best_p, _, _, hit_k, hit_nfev = jax.lax.while_loop(cond, body, init)
+    minus, zero = jnp.asarray(-1, jnp.int32), jnp.zeros((), jnp.int32)
+    init = (init_step(opt, params0), v0, params0, v0, zero, minus, minus, zero)
+    s, best, best_p, _, _, hit_k, hit_nfev, _ = jax.lax.while_loop(cond, body, init)
     # Evaluations spent: the count before a step includes the next point's gradient, which
     # SGD/Adam never computed for the final point.
     nfev = _grad_evals(kind, s.opt_state, s.k, s.ls_total) - (0 if kind in _FROM_STATE else 1)
