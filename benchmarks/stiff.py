@@ -88,6 +88,12 @@ def units(y, ref, rtol, atol):
     return float(np.max(np.abs(y - ref) / (atol + rtol * np.abs(ref))))
 
 
+def accuracy(y, ref, atol):
+    """Tolerance-free error for equal-accuracy comparisons: max |y - ref| / (atol + |ref|)."""
+    y, ref = np.asarray(y), np.asarray(ref)
+    return float(np.max(np.abs(y - ref) / (atol + np.abs(ref))))
+
+
 def _time(call, repeats):
     t = time.perf_counter()
     out = jax.block_until_ready(call())
@@ -101,12 +107,20 @@ def _time(call, repeats):
     return out, steady, max(first - steady, 0.0)
 
 
+_JODE_CACHE = {}
+
+
 def run_jode(solver, f, y0, args, t1, rtol, atol, repeats):
-    fn = jax.jit(lambda y0, args: jode.solve(
-        f, y0, 0.0, t1, args, solver=solver, rtol=rtol, atol=atol, max_steps=50000
-    ))
-    y0, args = jnp.asarray(y0), jnp.asarray(args)
-    sol, steady, compile_s = _time(lambda: fn(y0, args), repeats)
+    # rtol is a traced argument: one compilation per (problem, solver) serves every
+    # tolerance; the compile time is reported for the first tolerance only.
+    key = (f, repr(solver))
+    if key not in _JODE_CACHE:
+        _JODE_CACHE[key] = jax.jit(lambda y0, args, rtol: jode.solve(
+            f, y0, 0.0, t1, args, solver=solver, rtol=rtol, atol=atol, max_steps=50000
+        ))
+    fn = _JODE_CACHE[key]
+    y0, args, rtol = jnp.asarray(y0), jnp.asarray(args), jnp.asarray(rtol)
+    sol, steady, compile_s = _time(lambda: fn(y0, args, rtol), repeats)
     return dict(time=steady, compile=compile_s, y=np.asarray(sol.ys[-1]),
                 steps=int(sol.stats["steps"]), njev=int(sol.stats["njev"]),
                 status=int(sol.status))
@@ -136,9 +150,37 @@ def run_scipy(method, f_np, y0, t1, rtol, atol, repeats):
                 njev=int(sol.njev), status=int(sol.status))
 
 
+JODE_SOLVERS = (("jode Kvaerno3", jode.Kvaerno3()), ("jode Kvaerno5", jode.Kvaerno5()),
+                ("jode Rodas5", jode.Rodas5()))
+
+
+def equal_accuracy(name, f, y0, args, t1, atol, ref, diffrax_runs, repeats, extra_rtols):
+    """For each diffrax run: jode's fastest run (any method, tolerance from the list) whose
+    error is at most diffrax's, measured with `accuracy`."""
+    runs = []
+    for label, solver in JODE_SOLVERS[1:]:
+        for rtol in extra_rtols:
+            r = run_jode(solver, f, y0, args, t1, rtol, atol, repeats)
+            if r["status"] == 0:
+                runs.append((label, rtol, r["time"], accuracy(r["y"], ref, atol)))
+    for dx_rtol, dx in diffrax_runs:
+        dx_acc = accuracy(dx["y"], ref, atol)
+        ok = [r for r in runs if r[3] <= dx_acc]
+        if not ok:
+            print(f"| {name} | diffrax rtol {dx_rtol:.0e}: error {dx_acc:.2g} | none of jode's runs "
+                  f"reached it | | |")
+            continue
+        best = min(ok, key=lambda r: r[2])
+        print(f"| {name} | diffrax rtol {dx_rtol:.0e}: {1e3 * dx['time']:.1f} ms, error "
+              f"{dx_acc:.2g} | {best[0]} rtol {best[1]:.0e}: {1e3 * best[2]:.1f} ms, error "
+              f"{best[3]:.2g} | {best[2] / dx['time']:.2f}x |", flush=True)
+
+
 def main(quick: bool):
     rtols = (1e-6,) if quick else (1e-6, 1e-8)
     repeats = 3 if quick else 7
+    extra_rtols = (1e-6, 1e-7, 1e-8) if quick else (1e-6, 1e-7, 1e-8, 1e-9, 1e-10)
+    diffrax_runs = {}
     print(f"jax {jax.__version__}, diffrax {diffrax.__version__}, backend {jax.default_backend()}")
     header = (f"| problem | rtol | solver | time (ms) | compile (s) | steps | njev | "
               f"error (tol units) | vs diffrax Kvaerno5 | vs scipy Radau |")
@@ -147,11 +189,10 @@ def main(quick: bool):
     for name, (f, f_np, y0, args, t1, atol, ref) in PROBLEMS.items():
         for rtol in rtols:
             rows = {}
-            for label, solver in (("jode Kvaerno3", jode.Kvaerno3()),
-                                  ("jode Kvaerno5", jode.Kvaerno5()),
-                                  ("jode Rodas5", jode.Rodas5())):
+            for label, solver in JODE_SOLVERS:
                 rows[label] = run_jode(solver, f, y0, args, t1, rtol, atol, repeats)
             rows["diffrax Kvaerno5"] = run_diffrax(f, y0, args, t1, rtol, atol, repeats)
+            diffrax_runs.setdefault(name, []).append((rtol, rows["diffrax Kvaerno5"]))
             for method in ("Radau", "BDF"):
                 rows[f"scipy {method}"] = run_scipy(method, f_np, y0, t1, rtol, atol, repeats)
             base_dx = rows["diffrax Kvaerno5"]["time"]
@@ -164,6 +205,13 @@ def main(quick: bool):
                       f"{r['compile']:.1f} | {r['steps']} | {njev} | {err:.2g} | "
                       f"{r['time'] / base_dx:.2f}x | {r['time'] / base_radau:.3f}x |",
                       flush=True)
+    print("\nEqual accuracy: error = max_i |y_i - ref_i| / (atol + |ref_i|); jode runs at rtol "
+          + ", ".join(f"{r:.0e}" for r in extra_rtols))
+    print("| problem | diffrax Kvaerno5 | fastest jode run at equal or better error | ratio |")
+    print("|---|---|---|---|")
+    for name, (f, _, y0, args, t1, atol, ref) in PROBLEMS.items():
+        equal_accuracy(name, f, y0, args, t1, atol, ref, diffrax_runs[name], repeats,
+                       extra_rtols)
 
 
 if __name__ == "__main__":

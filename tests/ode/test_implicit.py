@@ -212,6 +212,7 @@ def test_reference_solutions_tight(problem, solver_name, request):
     assert err <= 10.0, f"{solver_name} on {problem}: error {err:.2f} tolerance units"
 
 
+@pytest.mark.slow
 def test_kvaerno3_on_robertson():
     y1, _, status = _solve_problem("rober", "Kvaerno3", 1e-6)
     assert int(status) == 0
@@ -278,6 +279,7 @@ def test_constructor_without_call_is_a_clear_error():
         jode.solve(vdp, jnp.asarray([2.0, 0.0]), 0.0, 1.0, 1000.0, solver=jode.Kvaerno5)
 
 
+@pytest.mark.slow
 def test_dense_output_and_saveat_against_reference():
     """Hermite dense output of Rodas5 on ROBER between steps vs scipy Radau at rtol 1e-12."""
     k = np.array([0.04, 3e7, 1e4])
