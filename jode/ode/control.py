@@ -16,6 +16,7 @@ The initial step is the Hairer-Nørsett-Wanner algorithm (1993, §II.4, "Startin
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 
 
@@ -60,7 +61,9 @@ def rms_norm(x):
 def scaled_error(error, y0, y1, rtol, atol):
     """‖e / (atol + rtol max(|y0|, |y1|))‖_RMS; a non-finite candidate counts as inf."""
     scale = atol + rtol * jnp.maximum(jnp.abs(y0), jnp.abs(y1))
-    norm = rms_norm(error / scale)
+    # Step-size choices are not differentiated (as in diffrax): the gradient of the
+    # controller's power law at a zero error estimate is 0 * inf = NaN.
+    norm = rms_norm(jax.lax.stop_gradient(error / scale))
     return jnp.where(jnp.isfinite(norm), norm, jnp.inf)
 
 
