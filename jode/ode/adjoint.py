@@ -75,12 +75,14 @@ class DirectAdjoint(AbstractAdjoint):
 
     What works:
         - `jax.grad` / `jax.vjp` / `jax.jacrev`, under `jax.jit` and `jax.vmap`;
-        - `jax.jvp` / `jax.jacfwd` (forward mode falls back to the plain loop);
-        - Hessians and Hessian-vector products forward-over-reverse:
-          `jax.hessian(loss)` (= `jacfwd(jacrev(loss))`), `jax.jvp(jax.grad(loss), ...)`;
-          also `jacfwd(jacfwd(loss))`.
-        - Not: reverse-over-reverse (`jax.grad(jax.grad(...))` of a vector parameter works
-          only through `jax.hessian`), nor reverse-over-forward (`jax.grad` of a `jax.jvp`).
+        - `jax.jvp` / `jax.jacfwd`: forward mode is detected and runs the plain loop;
+        - second derivatives: `jax.hessian(loss)` (= `jacfwd(jacrev(loss))`) and
+          Hessian-vector products `jax.jvp(jax.grad(loss), (p,), (v,))` run forward mode
+          through the checkpointed backward pass; `jacfwd(jacfwd(loss))` runs forward mode
+          twice through the plain loop (cheapest to compile for a few parameters).
+        - Not: reverse-over-reverse (`jax.grad(jax.grad(...))`, `jacrev(jacrev(...))`) nor
+          reverse-over-forward (`jax.grad` of a `jax.jvp`): the backward pass and the
+          forward-mode loop are while loops, which JAX cannot reverse.
 
     Args:
         checkpoints: rows of the checkpoint buffer; default ⌈√max_iter⌉. More checkpoints
