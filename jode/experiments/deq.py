@@ -230,7 +230,9 @@ def run(out_dir: Path, quick: bool) -> dict:
 
     # 1. cos z = z.
     rows = cos_table()
-    metrics["cos"] = {k: {kk: v for kk, v in r.items() if kk != "residuals"} for k, r in rows.items()}
+    metrics["cos"] = {
+        k: {kk: v for kk, v in r.items() if kk != "residuals"} for k, r in rows.items()
+    }
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     _cobweb(a1)
     for name, r in rows.items():
@@ -262,7 +264,9 @@ def run(out_dir: Path, quick: bool) -> dict:
     reg = eqx.combine(params, static)
     x_test = np.linspace(-1, 1, 41, dtype=np.float32)[:, None]
     pred = np.asarray(jax.vmap(reg)(x_test)[0])
-    metrics["linear"] = dict(train_mse=float(mse), test_max_error=float(np.max(np.abs(pred - 2 * x_test))))
+    metrics["linear"] = dict(
+        train_mse=float(mse), test_max_error=float(np.max(np.abs(pred - 2 * x_test)))
+    )
     fig, ax = plt.subplots(figsize=(5, 4))
     ax.plot(x_test[:, 0], 2 * x_test[:, 0], "k-", label="target y = 2x")
     ax.plot(x_test[:, 0], pred[:, 0], "o", ms=4, label="DEQ prediction")
@@ -326,5 +330,7 @@ def run(out_dir: Path, quick: bool) -> dict:
            xscale="log", title="training-step memory", ylim=(0, None))
     ax.legend()
     savefig(fig, out_dir / "deq_memory.png")
-    metrics["cos_target_met"] = bool(all(r["error"] <= 1e-12 and r["status"] == 0 for r in rows.values()))
+    metrics["cos_target_met"] = bool(
+        all(r["error"] <= 1e-12 and r["status"] == 0 for r in rows.values())
+    )
     return metrics
