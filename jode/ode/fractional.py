@@ -30,9 +30,10 @@ one FFT over the whole grid is impossible. They are computed with the divide-and
 splitting of Hairer, Lubich & Schlichte (1985, SIAM J. Sci. Stat. Comput. 6:532-541, §3):
 blocks of ``block`` steps are stepped directly; when a block that closes a left half of size
 s = 2^ℓ·block finishes, its contribution to the next s targets is added with one FFT of
-length 2s. Total cost O(N log² N) instead of O(N²) (O(N log N) per level, log N levels),
-memory O(N); the solve is a `lax.scan` over blocks (a `lax.switch` picks the level), so it
-compiles once, differentiates with every JAX transformation, including with respect to α.
+length 2s. Arithmetic O(N log² N) instead of O(N²) (O(N log N) per level, log N levels),
+memory O(N) (plus a buffer copy per block, O(N²/r) memory traffic: see `block`); the solve
+is a `lax.scan` over blocks (a `lax.switch` picks the level), so it compiles once,
+differentiates with every JAX transformation, including with respect to α.
 
 Error estimate (Richardson): with ``error_estimate=True`` the solve is repeated on the grids
 N/2 and N/4; at t1 the observed order p = log2(|y_{N/2} - y_{N/4}| / |y_N - y_{N/2}|) and the
@@ -319,7 +320,7 @@ def solve_fractional(
     max_steps: int = 2**17,
     corrector_iters: int = 1,
     newton_iters: int = 3,
-    block: int = 32,
+    block: int | None = None,
     throw: bool = True,
 ) -> Solution:
     """Solve the Caputo fractional ODE D^α y = f(t, y, args) on [t0, t1].
@@ -353,7 +354,10 @@ def solve_fractional(
         max_steps: largest N the refinement may use.
         corrector_iters: corrector evaluations per step ("abm"); 1 is PECE.
         newton_iters: Newton iterations per step ("l1"; exact for linear f after 1).
-        block: leaf block size of the fast history sums (a tuning knob, static).
+        block: leaf block size r of the fast history sums (static). Default: the power
+            of two nearest √N, within [32, 256]: a step's leaf sum costs O(r), and each
+            block's level update moves the O(N) history buffer (XLA copies it through
+            the `lax.switch`), O(N²/r) in all, so r ~ √N balances the two.
         throw: raise if the solution is not finite (default), else inspect `sol.status`.
 
     Returns:
@@ -381,6 +385,9 @@ def solve_fractional(
         )
     n_conditions = 1 + len(derivatives)
     n_static = n_steps if capacity is None else None
+    if block is None:
+        size = capacity or (n_steps if isinstance(n_steps, int) else 64)
+        block = int(min(256, max(32, 2 ** round(math.log2(math.sqrt(max(size, 1)))))))
     _check(method, alpha, n_conditions, t0, t1, n_static, block, corrector_iters, newton_iters)
     n_steps = _check_capacity(n_steps, capacity, error_estimate)
     y0 = jax.tree.map(jnp.asarray, y0)
