@@ -153,7 +153,11 @@ def checkerboard(key, n: int, dtype=jnp.float32) -> jax.Array:
 
 
 #: name -> sampler(key, n) for the 2-D densities.
-DENSITIES = {"two_moons": two_moons, "eight_gaussians": eight_gaussians, "checkerboard": checkerboard}
+DENSITIES = {
+    "two_moons": two_moons,
+    "eight_gaussians": eight_gaussians,
+    "checkerboard": checkerboard,
+}
 
 
 def sample_density(name: str, key, n: int, dtype=jnp.float32) -> jax.Array:

@@ -111,13 +111,26 @@ def random_shift(x, key):
     return jax.vmap(lambda im, a, b: jax.lax.dynamic_slice(im, (a, b), (8, 8)))(padded, dx, dy)
 
 
-def train_classifier(model, data, *, epochs, batch=64, lr=3e-3, weight_decay=1e-4, seed=0,
-                     log=None, eval_every=0, augment=False):
+def train_classifier(
+    model,
+    data,
+    *,
+    epochs,
+    batch=64,
+    lr=3e-3,
+    weight_decay=1e-4,
+    seed=0,
+    log=None,
+    eval_every=0,
+    augment=False,
+):
     """Adam(W) with a cosine schedule on cross-entropy, optionally with random one-pixel
     shifts of the training images. Returns (model, history dict)."""
     x_tr, y_tr, x_te, y_te = data
     steps_per_epoch = len(x_tr) // batch
-    opt = optax.adamw(optax.cosine_decay_schedule(lr, epochs * steps_per_epoch), weight_decay=weight_decay)
+    opt = optax.adamw(
+        optax.cosine_decay_schedule(lr, epochs * steps_per_epoch), weight_decay=weight_decay
+    )
     state = opt.init(eqx.filter(model, eqx.is_array))
 
     @eqx.filter_jit

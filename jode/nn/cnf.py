@@ -102,9 +102,18 @@ class CNF(eqx.Module):
 
     def _solve(self, field, y0, t0, t1, rtol, atol):
         return solve(
-            field, y0, t0, t1, None, solver=self.solver, rtol=self.rtol if rtol is None else rtol,
-            atol=self.atol if atol is None else atol, n_steps=self.n_steps,
-            adjoint=self.adjoint, max_steps=self.max_steps, backend=self.backend,
+            field,
+            y0,
+            t0,
+            t1,
+            None,
+            solver=self.solver,
+            rtol=self.rtol if rtol is None else rtol,
+            atol=self.atol if atol is None else atol,
+            n_steps=self.n_steps,
+            adjoint=self.adjoint,
+            max_steps=self.max_steps,
+            backend=self.backend,
         )
 
     def to_base(self, x, key=None, *, rtol=None, atol=None):
@@ -113,7 +122,9 @@ class CNF(eqx.Module):
             raise ValueError(f"x must be a batch (B, d); got shape {x.shape}")
         if self.trace == "hutchinson":
             if key is None:
-                raise ValueError("trace='hutchinson' needs key= (the noise ε is drawn once per solve)")
+                raise ValueError(
+                    "trace='hutchinson' needs key= (the noise ε is drawn once per solve)"
+                )
             eps = jr.rademacher(key, x.shape, dtype=x.dtype)
 
             def field(t, state, args):

@@ -100,16 +100,31 @@ class LatentODE(eqx.Module):
     t_max: float = eqx.field(static=True)
     obs_std: float = eqx.field(static=True)
 
-    def __init__(self, obs_dim=2, latent_dim=4, hidden=20, rnn_hidden=25, *, key, t_max,
-                 solver=None, n_steps=40, rtol=1e-3, atol=1e-4, adjoint=None, obs_std=0.3):
+    def __init__(
+        self,
+        obs_dim=2,
+        latent_dim=4,
+        hidden=20,
+        rnn_hidden=25,
+        *,
+        key,
+        t_max,
+        solver=None,
+        n_steps=40,
+        rtol=1e-3,
+        atol=1e-4,
+        adjoint=None,
+        obs_std=0.3,
+    ):
         if t_max <= 0:
             raise ValueError(f"t_max must be positive; got t_max={t_max}")
         if obs_std <= 0:
             raise ValueError(f"obs_std must be positive; got obs_std={obs_std}")
         k1, k2, k3 = jr.split(key, 3)
         self.encoder = GRUEncoder(obs_dim, rnn_hidden, latent_dim, key=k1)
-        self.func = MLPField(latent_dim, hidden, 2, key=k2, activation=jax.nn.elu,
-                             time_dependent=False)
+        self.func = MLPField(
+            latent_dim, hidden, 2, key=k2, activation=jax.nn.elu, time_dependent=False
+        )
         self.decoder = eqx.nn.MLP(latent_dim, obs_dim, hidden, 1, activation=jax.nn.relu, key=k3)
         self.solver = RK4() if solver is None else solver
         self.adjoint = DirectAdjoint() if adjoint is None else adjoint
@@ -119,8 +134,17 @@ class LatentODE(eqx.Module):
     def latent_path(self, z0, ts):
         """z(t) at the times ts (n,) (inside [0, t_max]) from z(0) = z0: (n, latent_dim)."""
         sol = solve(
-            self.func, z0, 0.0, self.t_max, None, solver=self.solver, n_steps=self.n_steps,
-            rtol=self.rtol, atol=self.atol, saveat=ts, adjoint=self.adjoint,
+            self.func,
+            z0,
+            0.0,
+            self.t_max,
+            None,
+            solver=self.solver,
+            n_steps=self.n_steps,
+            rtol=self.rtol,
+            atol=self.atol,
+            saveat=ts,
+            adjoint=self.adjoint,
         )
         return sol.ys
 
@@ -170,7 +194,11 @@ class RNNBaseline(eqx.Module):
         time is predicted from the last observation; later ones from the previous
         prediction (a rollout). Returns (n_q, obs_dim)."""
         dtype = self.out.weight.dtype
-        ts_obs, xs_obs, ts_query = ts_obs.astype(dtype), xs_obs.astype(dtype), ts_query.astype(dtype)
+        ts_obs, xs_obs, ts_query = (
+            ts_obs.astype(dtype),
+            xs_obs.astype(dtype),
+            ts_query.astype(dtype),
+        )
         gaps = _gaps(ts_obs)
 
         def read(h, inp):
@@ -212,4 +240,3 @@ class RNNBaseline(eqx.Module):
         roll = self.predict(ts_obs, xs_obs, ts_target)
         err = jnp.sum((one - xs_obs[1:]) ** 2) + jnp.sum((roll - xs_target) ** 2)
         return err / (one.size + roll.size)
-

@@ -121,17 +121,30 @@ class MLPField(eqx.Module):
     activation: Callable = eqx.field(static=True)
     time_dependent: bool = eqx.field(static=True)
 
-    def __init__(self, dim, width, depth, *, key, activation=jnp.tanh, time_dependent=True,
-                 final_scale: float = 1.0):
+    def __init__(
+        self,
+        dim,
+        width,
+        depth,
+        *,
+        key,
+        activation=jnp.tanh,
+        time_dependent=True,
+        final_scale: float = 1.0,
+    ):
         if dim < 1 or width < 1 or depth < 1:
             raise ValueError(
                 f"dim, width and depth must be >= 1; got dim={dim}, width={width}, depth={depth}"
             )
         keys = jr.split(key, depth + 1)
         sizes = [dim + int(time_dependent)] + [width] * depth + [dim]
-        layers = [eqx.nn.Linear(a, b, key=k) for a, b, k in zip(sizes[:-1], sizes[1:], keys, strict=True)]
+        layers = [
+            eqx.nn.Linear(a, b, key=k) for a, b, k in zip(sizes[:-1], sizes[1:], keys, strict=True)
+        ]
         last = layers[-1]
-        layers[-1] = eqx.tree_at(lambda m: (m.weight, m.bias), last, (last.weight * final_scale, last.bias * final_scale))
+        layers[-1] = eqx.tree_at(
+            lambda m: (m.weight, m.bias), last, (last.weight * final_scale, last.bias * final_scale)
+        )
         self.layers = layers
         self.activation = activation
         self.time_dependent = time_dependent
@@ -181,8 +194,10 @@ def _conv_init(key, c_in, c_out, dtype=None):
     bound = 1.0 / (9 * c_in) ** 0.5
     k1, k2 = jr.split(key)
     dtype = jnp.zeros(()).dtype if dtype is None else dtype
-    return (jr.uniform(k1, (9 * c_in, c_out), dtype, -bound, bound),
-            jr.uniform(k2, (c_out,), dtype, -bound, bound))
+    return (
+        jr.uniform(k1, (9 * c_in, c_out), dtype, -bound, bound),
+        jr.uniform(k2, (c_out,), dtype, -bound, bound),
+    )
 
 
 class ConvField(eqx.Module):
@@ -210,7 +225,9 @@ class ConvField(eqx.Module):
             raise ValueError(f"channels must be >= 1; got channels={channels}")
         groups = min(8, channels) if groups is None else groups
         if channels % groups:
-            raise ValueError(f"groups must divide channels; got groups={groups}, channels={channels}")
+            raise ValueError(
+                f"groups must divide channels; got groups={groups}, channels={channels}"
+            )
         k1, k2 = jr.split(key)
         self.w1, self.b1 = _conv_init(k1, channels + 1, channels)
         self.w2, self.b2 = _conv_init(k2, channels + 1, channels)
@@ -220,7 +237,9 @@ class ConvField(eqx.Module):
         del args
         tt = jnp.full(y.shape[:-1] + (1,), t, y.dtype)
         h = jax.nn.relu(group_norm(y, self.groups))
-        h = jax.nn.relu(group_norm(conv3x3(jnp.concatenate([h, tt], -1), self.w1, self.b1), self.groups))
+        h = jax.nn.relu(
+            group_norm(conv3x3(jnp.concatenate([h, tt], -1), self.w1, self.b1), self.groups)
+        )
         return group_norm(conv3x3(jnp.concatenate([h, tt], -1), self.w2, self.b2), self.groups)
 
 
@@ -278,8 +297,19 @@ class NeuralODE(eqx.Module):
             y = jax.tree.map(_tap, y)
         return self.func(t, y, args)
 
-    def solve(self, y0, ts=None, *, args=None, rtol=None, atol=None, n_steps=None, t0=None,
-              t1=None, throw=True):
+    def solve(
+        self,
+        y0,
+        ts=None,
+        *,
+        args=None,
+        rtol=None,
+        atol=None,
+        n_steps=None,
+        t0=None,
+        t1=None,
+        throw=True,
+    ):
         """Solve from y0 and return the `jode.Solution` (with `stats["nfev"]`).
 
         Args:
@@ -293,10 +323,20 @@ class NeuralODE(eqx.Module):
         n_steps = self.n_steps if n_steps is None else n_steps
         solver = self.solver
         return solve(
-            self._field, y0, self.t0 if t0 is None else t0, self.t1 if t1 is None else t1, args,
-            solver=solver, rtol=self.rtol if rtol is None else rtol,
-            atol=self.atol if atol is None else atol, n_steps=n_steps, saveat=ts,
-            adjoint=self.adjoint, max_steps=self.max_steps, backend=self.backend, throw=throw,
+            self._field,
+            y0,
+            self.t0 if t0 is None else t0,
+            self.t1 if t1 is None else t1,
+            args,
+            solver=solver,
+            rtol=self.rtol if rtol is None else rtol,
+            atol=self.atol if atol is None else atol,
+            n_steps=n_steps,
+            saveat=ts,
+            adjoint=self.adjoint,
+            max_steps=self.max_steps,
+            backend=self.backend,
+            throw=throw,
         )
 
     def __call__(self, y0, ts=None, *, args=None, key=None):

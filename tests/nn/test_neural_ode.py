@@ -84,9 +84,19 @@ def test_conv3x3_matches_lax_conv_and_conv_field_shapes():
     x = jr.normal(jr.key(0), (2, 8, 8, 3))
     w = jr.normal(jr.key(1), (3, 3, 3, 5))  # (kh, kw, C_in, C_out)
     b = jnp.arange(5.0)
-    ref = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
+    ref = (
+        jax.lax.conv_general_dilated(
+            x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        + b
+    )
     np.testing.assert_allclose(conv3x3(x, w.reshape(27, 5), b), ref, atol=1e-12)
-    ref2 = jax.lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")) + b
+    ref2 = (
+        jax.lax.conv_general_dilated(
+            x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        + b
+    )
     np.testing.assert_allclose(conv3x3(x, w.reshape(27, 5), b, stride=2), ref2, atol=1e-12)
     assert ConvField(8, key=jr.key(2))(0.3, jnp.ones((2, 4, 4, 8))).shape == (2, 4, 4, 8)
 

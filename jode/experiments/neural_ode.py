@@ -1,0 +1,303 @@
+"""Neural ODEs (Chen et al. 2018): ODE-Net on digits, adaptive computation, constant memory,
+latent ODE on spirals, continuous normalizing flows.
+
+Figures: tolerance vs NFE and accuracy, forward vs backward NFE during training, peak
+memory vs steps (Backsolve vs Direct), latent-ODE interpolation/extrapolation, CNF density
+heat maps and samples. Metrics: the digits table (ODE-Net / ResNet / MLP), the sweeps, the
+latent-ODE and RNN test MSEs, the CNF and Gaussian held-out log-likelihoods.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+
+import equinox as eqx
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+
+from .. import plot
+from ..data.images import load_digits
+from ..data.toy import DENSITIES
+from ..nn.neural_ode import MLPField, NeuralODE, nfe_counts, reset_nfe
+from ..ode.adjoint import BacksolveAdjoint
+from ..ode.explicit import RK4, Tsit5
+from . import _neural_ode_digits as dg
+from . import _neural_ode_generative as gen
+from ._neural_ode_memory import measure_in_subprocess
+
+NAME = "neural-ode"
+ORDER = 40
+
+QUICK = dict(
+    channels=8,
+    epochs=2,
+    mlp_hidden=64,
+    res_blocks=2,
+    tols=(1e-1, 1e-3, 1e-5),
+    mem_steps=(10, 100),
+    mem_size=(64, 64),
+    nfe_iters=10,
+    latent=dict(n_train=32, n_test=16, n_obs=20, n_total=100, n_iter=20),
+    cnf=dict(n_iter=20, batch=128, n_steps=4, width=32),
+)
+FULL = dict(
+    channels=32,
+    epochs=30,
+    mlp_hidden=256,
+    res_blocks=6,
+    tols=(1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7),
+    mem_steps=(20, 50, 200),
+    mem_size=(256, 256),
+    nfe_iters=150,
+    latent=dict(n_train=300, n_test=100, n_obs=60, n_total=400, n_iter=600),
+    cnf=dict(n_iter=1500, batch=512, n_steps=8, width=64),
+)
+
+
+# ---------------------------------------------------------------------------- digits
+
+
+def digits_comparison(cfg, out_dir, key):
+    data = load_digits(flatten=False)
+    k_ode, k_res, k_mlp = jr.split(key, 3)
+    rows = {}
+    models = {
+        "odenet": dg.make_odenet(k_ode, cfg["channels"], solver=RK4(), n_steps=2),
+        "resnet": dg.make_resnet(k_res, cfg["channels"], cfg["res_blocks"]),
+        "mlp": dg.make_mlp(k_mlp, cfg["mlp_hidden"]),
+    }
+    trained = {}
+    for name, model in models.items():
+        model, hist = dg.train_classifier(model, data, epochs=cfg["epochs"])
+        acc = dg.accuracy(model, data[2], data[3])
+        rows[name] = {
+            "test_accuracy": acc,
+            "test_error": 1 - acc,
+            "params": dg.n_params(model),
+            "train_time_s": hist["train_time_s"],
+            "final_train_loss": hist["loss"][-1],
+            "first_train_loss": hist["loss"][0],
+        }
+        trained[name] = model
+    rows["odenet"]["nfe_forward_per_batch"] = 2 * 4 + 1
+    rows["resnet"]["nfe_forward_per_batch"] = cfg["res_blocks"]
+    return rows, trained["odenet"], data
+
+
+def tolerance_sweep(model, data, tols, out_dir):
+    """Evaluate the trained ODE-Net's block adaptively (Tsit5) at each tolerance."""
+    x_te, y_te = data[2], data[3]
+    res = []
+    for tol in tols:
+        ode = model.block.ode
+        adaptive = NeuralODE(ode.func, solver=Tsit5(), rtol=tol, atol=tol)
+        m = eqx.tree_at(lambda m: m.block.ode, model, adaptive)
+
+        @eqx.filter_jit
+        def run(m, x):
+            h = m.stem(x)
+            sol = m.block.ode.solve(h)
+            return jnp.argmax(m.head(sol.ys[-1]), -1), sol.stats["nfev"]
+
+        pred, nfe = run(m, x_te)
+        res.append({"tol": tol, "nfe": int(nfe), "accuracy": float(jnp.mean(pred == y_te))})
+    plt = plot.pyplot()
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax[0].semilogx([r["tol"] for r in res], [r["nfe"] for r in res], "o-")
+    ax[0].set(
+        xlabel="evaluation tolerance (rtol = atol)",
+        ylabel="NFE (forward)",
+        title="NFE vs tolerance",
+    )
+    ax[0].invert_xaxis()
+    ax[1].semilogx([r["tol"] for r in res], [100 * r["accuracy"] for r in res], "o-")
+    ax[1].set(
+        xlabel="evaluation tolerance", ylabel="test accuracy (%)", title="accuracy vs tolerance"
+    )
+    ax[1].invert_xaxis()
+    plot.savefig(fig, out_dir / "tolerance_nfe_accuracy.png")
+    nfes = [r["nfe"] for r in res]
+    monotone = all(a <= b for a, b in zip(nfes[:-1], nfes[1:], strict=True))
+    return {"sweep": res, "nfe_monotone_in_tolerance": monotone}
+
+
+# ------------------------------------------------------------- NFE during training (spiral)
+
+
+def spiral_demo_data(n_time=100, dtype=jnp.float32):
+    """The spiral of Chen et al.'s demo: dy/dt = (y³) A, A = [[-0.1, 2], [-2, -0.1]], y0 = (2, 0)."""
+    a = jnp.asarray([[-0.1, 2.0], [-2.0, -0.1]], dtype)
+    ts = jnp.linspace(0.0, 25.0, n_time, dtype=dtype)
+    from ..ode.solve import solve
+
+    sol = solve(
+        lambda t, y, args: (y**3) @ a,
+        jnp.asarray([2.0, 0.0], dtype),
+        0.0,
+        25.0,
+        saveat=ts,
+        rtol=1e-7,
+        atol=1e-9,
+    )
+    return ts, sol.ys
+
+
+def nfe_during_training(n_iter, out_dir, key):
+    """Forward and backward NFE per iteration while fitting the spiral demo (Tsit5,
+    BacksolveAdjoint): Chen et al. Fig. 3(c, d)."""
+    ts, ys = spiral_demo_data()
+    batch_time, batch_size = 10, 16
+    field = MLPField(2, 50, 1, key=key, time_dependent=False)
+    node = NeuralODE(
+        field, solver=Tsit5(), rtol=1e-5, atol=1e-6, adjoint=BacksolveAdjoint(), count_nfe=True
+    )
+    opt = optax.adam(1e-2)
+    state = opt.init(eqx.filter(node, eqx.is_array))
+
+    tt = ts[:batch_time] - ts[0]
+    t_end = float(tt[-1])
+
+    @eqx.filter_jit
+    def step(node, state, y0, target):
+        def loss(m):
+            sol = m.solve(y0, tt, t0=0.0, t1=t_end)
+            return jnp.mean(jnp.abs(sol.ys - target))
+
+        loss_val, g = eqx.filter_value_and_grad(loss)(node)
+        u, state = opt.update(g, state, eqx.filter(node, eqx.is_array))
+        return eqx.apply_updates(node, u), state, loss_val
+
+    rng = np.random.default_rng(0)
+    fwd, bwd, losses = [], [], []
+    for _ in range(n_iter):
+        s = rng.choice(len(ts) - batch_time, batch_size, replace=False)
+        # One shared (relative) time grid: the windows start at different states.
+        y0 = ys[s]
+        target = jnp.stack([ys[s + i] for i in range(batch_time)])
+        reset_nfe()
+        node, state, loss = step(node, state, y0, target)
+        c = nfe_counts()
+        fwd.append(c["forward"])
+        bwd.append(c["backward"])
+        losses.append(float(loss))
+    plt = plot.pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.plot(fwd, label="forward NFE")
+    ax.plot(bwd, label="backward NFE (adjoint VJPs)")
+    ax.set(xlabel="training iteration", ylabel="NFE", title="NFE during training (spiral)")
+    ax.legend()
+    plot.savefig(fig, out_dir / "nfe_training.png")
+    return {
+        "forward_nfe_first": fwd[0],
+        "forward_nfe_last": fwd[-1],
+        "backward_nfe_first": bwd[0],
+        "backward_nfe_last": bwd[-1],
+        "mean_backward_over_forward": float(np.mean(bwd) / np.mean(fwd)),
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+    }
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def memory_scaling(steps, size, out_dir):
+    rows = {"direct": [], "backsolve": []}
+    for adjoint in rows:
+        for n in steps:
+            rows[adjoint].append(measure_in_subprocess(adjoint, n, *size))
+    plt = plot.pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for adjoint, rs in rows.items():
+        ax.plot([r["n_steps"] for r in rs], [r["max_rss_mb"] for r in rs], "o-", label=adjoint)
+    ax.set(
+        xscale="log",
+        xlabel="RK4 steps",
+        ylabel="peak RSS (MB)",
+        title="memory of one training step",
+    )
+    ax.legend()
+    plot.savefig(fig, out_dir / "memory_vs_steps.png")
+
+    def ratio(rs):
+        return rs[-1]["max_rss_mb"] / rs[0]["max_rss_mb"]
+
+    return {
+        "rows": rows,
+        "backsolve_ratio": ratio(rows["backsolve"]),
+        "direct_ratio": ratio(rows["direct"]),
+        "steps_ratio": steps[-1] / steps[0],
+    }
+
+
+# ------------------------------------------------------------------------ figures
+
+
+def latent_figure(p, out_dir):
+    plt = plot.pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    h = p["half"]
+    for i, ax in enumerate(axes):
+        ax.plot(p["clean"][i, :, 0], p["clean"][i, :, 1], "k-", lw=0.8, label="true")
+        ax.plot(p["ys"][i, :h, 0], p["ys"][i, :h, 1], "b.", ms=4, label="observed (encoder input)")
+        ax.plot(p["ys"][i, h:, 0], p["ys"][i, h:, 1], ".", color="gray", ms=4, label="held out")
+        ax.plot(p["latent"][i, :, 0], p["latent"][i, :, 1], "r-", label="latent ODE")
+        ax.plot(p["rnn"][i, :, 0], p["rnn"][i, :, 1], "g--", label="RNN (time gaps)")
+        ax.set_aspect("equal")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("latent ODE: interpolation (first half) and extrapolation (second half)")
+    plot.savefig(fig, out_dir / "latent_spirals.png")
+
+
+def cnf_figure(models, out_dir, key):
+    plt = plot.pyplot()
+    fig, axes = plt.subplots(2, len(models), figsize=(3.2 * len(models), 6.2), squeeze=False)
+    for j, (name, cnf) in enumerate(models.items()):
+        axis, logp = gen.density_grid(cnf)
+        axes[0, j].pcolormesh(axis, axis, np.exp(np.asarray(logp)), shading="auto")
+        axes[0, j].set_title(f"{name}: density")
+        xs = eqx.filter_jit(lambda m, k: m.sample(k, 2000, 2))(cnf, jr.fold_in(key, j))
+        axes[1, j].scatter(xs[:, 0], xs[:, 1], s=1)
+        axes[1, j].set(xlim=(-4.5, 4.5), ylim=(-4.5, 4.5), title=f"{name}: samples")
+        for ax in axes[:, j]:
+            ax.set_aspect("equal")
+    plot.savefig(fig, out_dir / "cnf_densities.png")
+
+
+# -------------------------------------------------------------------------------- run
+
+
+def run(out_dir: pathlib.Path, quick: bool) -> dict:
+    cfg = QUICK if quick else FULL
+    out_dir = pathlib.Path(out_dir)
+    key = jr.key(0)
+    k = jr.split(key, 6)
+    metrics = {}
+    t = time.perf_counter()
+    rows, odenet, data = digits_comparison(cfg, out_dir, k[0])
+    metrics["digits"] = rows
+    metrics["tolerance"] = tolerance_sweep(odenet, data, cfg["tols"], out_dir)
+    metrics["nfe_training"] = nfe_during_training(cfg["nfe_iters"], out_dir, k[1])
+    metrics["memory"] = memory_scaling(cfg["mem_steps"], cfg["mem_size"], out_dir)
+    latent, latent_plot = gen.train_latent(k[2], **cfg["latent"])
+    metrics["latent"] = latent
+    latent_figure(latent_plot, out_dir)
+    cnfs, metrics["cnf"] = {}, {}
+    for i, name in enumerate(DENSITIES):
+        metrics["cnf"][name], cnfs[name] = gen.train_cnf(jr.fold_in(k[3], i), name, **cfg["cnf"])
+    cnf_figure(cnfs, out_dir, k[4])
+    metrics["acceptance"] = {
+        "odenet_accuracy_ge_0.985": rows["odenet"]["test_accuracy"] >= 0.985,
+        "latent_extrap_beats_rnn": latent["latent_extrap_mse"] < latent["rnn_extrap_mse"],
+        "cnf_beats_gaussian_every_density": all(
+            v["margin_nats"] > 0.3 for v in metrics["cnf"].values()
+        ),
+        "backsolve_memory_flat": metrics["memory"]["backsolve_ratio"] <= 1.2,
+        "direct_memory_grows": metrics["memory"]["direct_ratio"] > 1.2,
+        "nfe_monotone": metrics["tolerance"]["nfe_monotone_in_tolerance"],
+    }
+    metrics["seconds"] = time.perf_counter() - t
+    return metrics
