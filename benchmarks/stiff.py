@@ -167,8 +167,8 @@ def equal_accuracy(name, f, y0, args, t1, atol, ref, diffrax_runs, repeats, extr
         dx_acc = accuracy(dx["y"], ref, atol)
         ok = [r for r in runs if r[3] <= dx_acc]
         if not ok:
-            print(f"| {name} | diffrax rtol {dx_rtol:.0e}: error {dx_acc:.2g} | none of jode's runs "
-                  f"reached it | | |")
+            print(f"| {name} | diffrax rtol {dx_rtol:.0e}: error {dx_acc:.2g} | "
+                  "none of jode's runs reached it | |")
             continue
         best = min(ok, key=lambda r: r[2])
         print(f"| {name} | diffrax rtol {dx_rtol:.0e}: {1e3 * dx['time']:.1f} ms, error "
@@ -182,8 +182,8 @@ def main(quick: bool):
     extra_rtols = (1e-6, 1e-7, 1e-8) if quick else (1e-6, 1e-7, 1e-8, 1e-9, 1e-10)
     diffrax_runs = {}
     print(f"jax {jax.__version__}, diffrax {diffrax.__version__}, backend {jax.default_backend()}")
-    header = (f"| problem | rtol | solver | time (ms) | compile (s) | steps | njev | "
-              f"error (tol units) | vs diffrax Kvaerno5 | vs scipy Radau |")
+    header = ("| problem | rtol | solver | time (ms) | compile (s) | steps | njev | "
+              "error (tol units) | vs diffrax Kvaerno5 | vs scipy Radau |")
     print(header)
     print("|" + "---|" * 10)
     for name, (f, f_np, y0, args, t1, atol, ref) in PROBLEMS.items():

@@ -304,7 +304,8 @@ class Rosenbrock(_ImplicitBase):
         ok = jnp.all(jnp.isfinite(y1))
         new_state = state._replace(
             jac=jac, f_t=f_t, jac_t=jnp.where(fresh, t, state.jac_t),
-            nfev=state.nfev + s, njev=state.njev + fresh.astype(jnp.int32), nlinsolve=state.nlinsolve + s,
+            nfev=state.nfev + s, njev=state.njev + fresh.astype(jnp.int32),
+            nlinsolve=state.nlinsolve + s,
         )
         return ImplicitStepResult(y1, f1, error, hermite_coeffs(y, y1, fy, f1, h), ok, new_state)
 

@@ -1,4 +1,4 @@
-"""Simplified Newton iterations for implicit stages, differentiable by the implicit function theorem.
+"""Simplified Newton for implicit stages, differentiable by the implicit function theorem.
 
 An implicit stage solves r(k) = k - f(t_i, z_i + hγ k) = 0 for the stage derivative k. The
 simplified Newton iteration (Hairer & Wanner 1996, *Solving ODEs II*, §IV.8, eq. 8.13) keeps

@@ -140,7 +140,7 @@ def test_rodas5_order_conditions_and_bad_digit():
         (tb.RODAS5.alpha, tb.RODAS5.alpha + tb.RODAS5.gamma_matrix), tb.RODAS5.b, 5
     )
     assert max(res.values()) < 1e-13
-    # The other published digit of α_64 misses the order-3 conditions by ~5e-12: caught at tol 1e-13.
+    # The other published digit of α_64 misses order 3 by ~5e-12: caught at tol 1e-13.
     alpha = np.array(tb.RODAS5.alpha)
     alpha[5, 3] = -0.2076823627400282
     with pytest.raises(ValueError, match="order conditions fail"):
@@ -318,7 +318,9 @@ def _central_differences(value_fn, x, eps):
     ])
 
 
-@pytest.mark.parametrize("solver_name", ["Kvaerno5", pytest.param("Rodas5", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "solver_name", ["Kvaerno5", pytest.param("Rodas5", marks=pytest.mark.slow)]
+)
 def test_robertson_gradient_vs_finite_differences(solver_name):
     """Reverse mode (DirectAdjoint) through an adaptive stiff solve w.r.t. log rate constants."""
     loss = _rober_loss(IMPLICIT_SOLVERS[solver_name](), jode.DirectAdjoint())
