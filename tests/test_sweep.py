@@ -69,10 +69,13 @@ print(json.dumps(dict(devices=jax.device_count(), shards=len(sharded.sharding.de
                       out=np.asarray(out).tolist(), single=np.asarray(single).tolist())))
 """
 
-_DIST = _COMMON + """
+_DIST = """
+import sys
+import jax
 pid, port = int(sys.argv[1]), int(sys.argv[2])
 jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid,
                            initialization_timeout=90)
+""" + _COMMON + """
 out = S.sweep(final_x, omegas, chunk_size=2)
 print(json.dumps(dict(pid=pid, devices=jax.device_count(), local=jax.local_device_count(),
                       processes=jax.process_count(), out=np.asarray(out).tolist())))
