@@ -113,7 +113,7 @@ def main():
         )
         error = 100 * (1 - correct / len(x_te))
         seconds = time.perf_counter() - t
-        print(f"epoch {epoch + 1}: loss {float(loss):.4f}, test error {error:.2f}%, {seconds:.0f} s")
+        print(f"epoch {epoch + 1}: loss {float(loss):.4f}, error {error:.2f}%, {seconds:.0f} s")
         ns.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         eqx.tree_serialise_leaves(ns.checkpoint, (model, state, epoch + 1))
 
