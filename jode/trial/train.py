@@ -107,7 +107,8 @@ _residuals_jit = eqx.filter_jit(_residuals)
 
 
 def _adam(lr, steps):
-    return optax.adam(optax.cosine_decay_schedule(lr, max(steps, 1), alpha=0.01))
+    del steps  # a constant rate: the later stages do the fine convergence
+    return optax.adam(lr)
 
 
 @eqx.filter_jit
@@ -121,7 +122,8 @@ def _adam_chunk(theta, state, key, xs, template, static, problem, lr, steps, res
             key, sub = jr.split(key)
             xs = random_points(problem, sub, n, xs.dtype)
         g = jax.grad(_loss)(theta, xs, template, static, problem)
-        upd, state = opt.update(g, state, theta)
+        with jax.numpy_dtype_promotion("standard"):  # optax mixes int counts and floats
+            upd, state = opt.update(g, state, theta)
         return (optax.apply_updates(theta, upd), state, key, xs), None
 
     return jax.lax.scan(body, (theta, state, key, xs), None, length=chunk)[0]
@@ -139,8 +141,10 @@ def _lbfgs_chunk(theta, state, xs, template, static, problem, chunk):
 
     def body(carry, _):
         theta, state = carry
-        value, grad = value_and_grad(theta, state=state)
-        upd, state = opt.update(grad, state, theta, value=value, grad=grad, value_fn=value_fn)
+        with jax.numpy_dtype_promotion("standard"):  # optax mixes int counts and floats
+            value, grad = value_and_grad(theta, state=state)
+            upd, state = opt.update(grad, state, theta, value=value, grad=grad,
+                                    value_fn=value_fn)
         return (optax.apply_updates(theta, upd), state), None
 
     return jax.lax.scan(body, (theta, state), None, length=chunk)[0]
@@ -223,7 +227,7 @@ def train(
         init_scale: spread of the first layer's slopes at the start (inputs lie in [−1, 1]).
         points: an int n (an equidistant grid of n points per coordinate, ends included:
             the paper's 10 and 10x10) or an array of points ((n,) in 1-D, (n, 2) in 2-D).
-        adam_steps, learning_rate: the Adam stage (cosine-decayed learning rate).
+        adam_steps, learning_rate: the Adam stage.
         resample: draw fresh uniform random points at every Adam step (as many as given);
             the L-BFGS and Levenberg-Marquardt stages always use the fixed `points`.
         lbfgs_steps: the L-BFGS stage.
