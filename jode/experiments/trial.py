@@ -23,18 +23,21 @@ ORDER = 30
 # Per problem: collocation points per coordinate and hidden units. The paper used 10 points
 # (10x10 on the square) and 10 units; with 10 points a 10-unit network (30 weights) is
 # under-determined and its error between the points is ~1e-6..1e-4, so the ODEs train on
-# 20 points. Problem 6 (sin(9x² + y)) needs a larger network for 1e-5.
+# 20 points. Problem 4 is ill-conditioned (errors in the residual grow ~1e3-fold over [0, 3]):
+# 10 units on 20 or 40 points leave ~1e-3. Problem 7 on 10x10 with 10 units reached 2e-5.
+# Problem 6 (sin(9x² + y)) needs a larger network. These larger settings are not yet verified
+# to reach the targets (see benchmarks/results/trial.md).
 FULL = {
     "ode1": dict(points=20, hidden=10),
     "ode2": dict(points=20, hidden=10),
     "ode2_0_5": dict(points=20, hidden=10),
     "ode3_ivp": dict(points=20, hidden=10),
     "ode3_bvp": dict(points=20, hidden=10),
-    "ode4": dict(points=20, hidden=10),
+    "ode4": dict(points=60, hidden=20),
     "pde5": dict(points=10, hidden=10),
     "pde6": dict(points=16, hidden=30),
-    "pde7": dict(points=10, hidden=10),
-    "pde8": dict(points=10, hidden=10),
+    "pde7": dict(points=12, hidden=20),
+    "pde8": dict(points=12, hidden=20),
 }
 QUICK = {"ode2": dict(points=20, hidden=10), "pde7": dict(points=10, hidden=10)}
 STEPS_FULL = dict(adam_steps=2000, lbfgs_steps=500, lm_steps=5000)
@@ -175,7 +178,7 @@ def run(out_dir: Path, quick: bool) -> dict:
     print(table)
     ode_ok = all(r["fine_grid"] <= 1e-6 for n, r in rows.items() if n.startswith("ode"))
     pde_ok = all(r["fine_grid"] <= 1e-5 for n, r in rows.items() if n.startswith("pde"))
-    beats = all(r["train_grid"] < min(r["baseline"]["euler"], r["baseline"]["rk4"])
+    beats = all(r["fine_grid"] < min(r["baseline"]["euler"], r["baseline"]["rk4"])
                 for r in rows.values() if "rk4" in r["baseline"])
     return {
         "problems": rows,
