@@ -10,8 +10,7 @@ import pytest
 
 import jode
 from jode import trial
-from jode.trial import Boundary, Dirichlet, InitialValue, Neumann, Problem
-from jode.trial import paper
+from jode.trial import Boundary, Dirichlet, InitialValue, Neumann, Problem, paper
 
 PROBLEMS = paper.all_problems()
 

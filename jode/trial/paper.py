@@ -262,7 +262,10 @@ def _condition_error_impl(solution):
         errs = []
         for name, at in (("left", prob.lower[0]), ("right", prob.upper[0])):
             c, x = getattr(cond, name), jnp.asarray(at, dtype)
-            got = solution(x) if c.kind == DIRICHLET else jax.jvp(solution, (x,), (jnp.ones_like(x),))[1]
+            if c.kind == DIRICHLET:
+                got = solution(x)
+            else:
+                got = jax.jvp(solution, (x,), (jnp.ones_like(x),))[1]
             errs.append(jnp.abs(got - _edge_value(c, x)))
         return jnp.maximum(*errs)
     errs = []
@@ -295,7 +298,7 @@ def assess(paper_problem: PaperProblem, solution, n_train: int) -> dict:
         return float(jnp.max(jnp.abs(solution.evaluate(pts) - exact(pts))))
 
     def grid(lo, hi, n):
-        axes = [jnp.linspace(l, h, n, dtype=dtype) for l, h in zip(lo, hi)]
+        axes = [jnp.linspace(a, b, n, dtype=dtype) for a, b in zip(lo, hi)]
         if len(axes) == 1:
             return axes[0]
         xx, yy = jnp.meshgrid(*axes, indexing="ij")
@@ -303,7 +306,7 @@ def assess(paper_problem: PaperProblem, solution, n_train: int) -> dict:
 
     lo, hi = prob.lower, prob.upper
     n_fine = 10 * (n_train - 1) + 1
-    width = [h - l for l, h in zip(lo, hi)]
+    width = [b - a for a, b in zip(lo, hi)]
     if prob.dim == 1:
         outside = jnp.linspace(hi[0], hi[0] + 0.1 * width[0], 21, dtype=dtype)[1:]
     else:
