@@ -198,7 +198,11 @@ def main():
     ts_batch = ts[:BATCH_TIME]
     rows = {}
     for name, run in {**jax_steps(ts_batch), **torch_steps(ts_batch)}.items():
-        rows[name] = time_steps(run, data, reps)
+        try:
+            rows[name] = time_steps(run, data, reps)
+        except Exception as exc:  # report and go on with the other options
+            print(f"{name:38s} FAILED: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+            continue
         print(
             f"{name:38s} compile {rows[name][0]:7.2f} s   step {1e3 * rows[name][1]:8.2f} ms",
             flush=True,
