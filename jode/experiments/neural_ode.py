@@ -163,8 +163,9 @@ def nfe_during_training(n_iter, out_dir, key):
     @eqx.filter_jit
     def step(node, state, y0, target):
         def loss(m):
-            sol = m.solve(y0, tt, t0=0.0, t1=t_end)
-            return jnp.mean(jnp.abs(sol.ys - target))
+            # Save after t0 and prepend y0 (BacksolveAdjoint and a save time at t0: NaN).
+            sol = m.solve(y0, tt[1:], t0=0.0, t1=t_end)
+            return jnp.mean(jnp.abs(jnp.concatenate([y0[None], sol.ys]) - target))
 
         loss_val, g = eqx.filter_value_and_grad(loss)(node)
         u, state = opt.update(g, state, eqx.filter(node, eqx.is_array))
