@@ -128,7 +128,8 @@ def tolerance_sweep(model, data, tols, out_dir):
 
 
 def spiral_demo_data(n_time=100, dtype=jnp.float32):
-    """The spiral of Chen et al.'s demo: dy/dt = (y³) A, A = [[-0.1, 2], [-2, -0.1]], y0 = (2, 0)."""
+    """The spiral of Chen et al.'s demo: dy/dt = (y³) A, A = [[-0.1, 2], [-2, -0.1]],
+    y0 = (2, 0), saved at n_time points of [0, 25]."""
     a = jnp.asarray([[-0.1, 2.0], [-2.0, -0.1]], dtype)
     ts = jnp.linspace(0.0, 25.0, n_time, dtype=dtype)
     from ..ode.solve import solve
