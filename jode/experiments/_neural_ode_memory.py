@@ -31,8 +31,13 @@ def measure(adjoint_name: str, n_steps: int, batch: int = 256, width: int = 256)
     from jode.nn.neural_ode import MLPField, NeuralODE
 
     adjoint = {"direct": jode.DirectAdjoint(), "backsolve": jode.BacksolveAdjoint()}[adjoint_name]
-    node = NeuralODE(MLPField(width, width, 2, key=jr.key(0)), solver=jode.RK4(),
-                     n_steps=n_steps, adjoint=adjoint, t1=1.0)
+    node = NeuralODE(
+        MLPField(width, width, 2, key=jr.key(0)),
+        solver=jode.RK4(),
+        n_steps=n_steps,
+        adjoint=adjoint,
+        t1=1.0,
+    )
     y0 = jr.normal(jr.key(1), (batch, width), jnp.float32)
 
     def loss(model):
@@ -42,16 +47,24 @@ def measure(adjoint_name: str, n_steps: int, batch: int = 256, width: int = 256)
     baseline = _max_rss_mb()
     grads = eqx.filter_jit(eqx.filter_grad(loss))(node)
     jax.block_until_ready(grads)
-    return {"adjoint": adjoint_name, "n_steps": n_steps, "max_rss_mb": _max_rss_mb(),
-            "baseline_rss_mb": baseline}
+    return {
+        "adjoint": adjoint_name,
+        "n_steps": n_steps,
+        "max_rss_mb": _max_rss_mb(),
+        "baseline_rss_mb": baseline,
+    }
 
 
-def measure_in_subprocess(adjoint_name: str, n_steps: int, batch: int = 256, width: int = 256,
-                          timeout: float = 1200) -> dict:
+def measure_in_subprocess(
+    adjoint_name: str, n_steps: int, batch: int = 256, width: int = 256, timeout: float = 1200
+) -> dict:
     """Run `measure` in a new Python process (so that max RSS is this step's alone)."""
     out = subprocess.run(
         [sys.executable, "-m", __name__, adjoint_name, str(n_steps), str(batch), str(width)],
-        capture_output=True, text=True, timeout=timeout, check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     if out.returncode != 0:
         raise RuntimeError(f"memory measurement failed:\n{out.stderr[-2000:]}")

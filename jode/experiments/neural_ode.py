@@ -33,7 +33,7 @@ ORDER = 40
 
 QUICK = dict(
     channels=8,
-    epochs=2,
+    epochs=4,
     mlp_hidden=64,
     res_blocks=2,
     tols=(1e-1, 1e-3, 1e-5),
