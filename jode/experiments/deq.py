@@ -137,7 +137,7 @@ def make_step(static, opt):
     def step(params, state, x, y):
         (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, x, y)
         updates, state = opt.update(grads, state, params)
-        steps = jnp.mean(stats.steps) if stats is not None else jnp.zeros(())
+        steps = jnp.mean(stats.steps.astype(jnp.float32)) if stats is not None else jnp.zeros(())
         return optax.apply_updates(params, updates), state, loss, steps
 
     return step
@@ -151,8 +151,8 @@ def _predict(model, x):
 def evaluate(model, x, y):
     logits, stats = _predict(model, x)
     acc = float(jnp.mean(jnp.argmax(logits, -1) == y))
-    steps = float(jnp.mean(stats.steps)) if stats is not None else 0.0
-    converged = float(jnp.mean(stats.status == 0)) if stats is not None else 1.0
+    steps = float(np.mean(np.asarray(stats.steps))) if stats is not None else 0.0
+    converged = float(np.mean(np.asarray(stats.status) == 0)) if stats is not None else 1.0
     return acc, steps, converged
 
 
