@@ -137,8 +137,8 @@ def main():
     ref_flat = jnp.concatenate([jnp.ravel(v) for v in jax.tree.leaves(reference)])
     print(f"DEQ layer forward+backward, width {WIDTH}, batch {batch}, float32, "
           f"backend {jax.default_backend()}")
-    print(f"{'tol':>6} {'method':46s} {'median ms':>9} {'min ms':>8} {'compile s':>10} {'iters':>6} "
-          f"{'grad rel.diff':>13} {'ratio':>6}")
+    print(f"{'tol':>6} {'method':46s} {'median ms':>9} {'min ms':>8} {'compile s':>10} "
+          f"{'iters':>6} {'grad rel.diff':>13} {'ratio':>6}")
     for tol in (1e-3, 1e-4):
         cases = {
             "jode FixedPointIteration": jode_solve(FixedPointIteration(), tol),
