@@ -50,6 +50,7 @@ def test_mittag_leffler_special_cases():
     np.testing.assert_allclose(_ml(z, 1.0, 2.0), np.expm1(z) / z, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_mittag_leffler_against_series_in_high_precision():
     mpmath = pytest.importorskip("mpmath")
     mpmath.mp.dps = 40
@@ -234,10 +235,11 @@ def test_fast_history_equals_direct_sums():
 
 # --------------------------------------------------------------------------- transformations
 def test_gradients_match_finite_differences():
+    # A small grid (two leaf blocks, one FFT level) keeps the reverse-mode compile short.
     def loss(alpha, lam):
-        sol = jode.solve_fractional(relaxation, 1.0, 0.0, 2.0, lam, alpha=alpha, n_steps=CAP,
-                                    capacity=CAP)
-        return jnp.sum(sol.ys**2) / CAP
+        sol = jode.solve_fractional(relaxation, 1.0, 0.0, 2.0, lam, alpha=alpha, n_steps=64,
+                                    block=16)
+        return jnp.sum(sol.ys**2) / 64
 
     grad = jax.grad(loss, argnums=(0, 1))(0.6, 1.5)
     jloss = loss  # the forward solve is compiled once, inside solve_fractional
@@ -276,11 +278,11 @@ def test_richardson_estimate_tracks_the_true_error():
 def test_refinement_meets_the_tolerance():
     alpha, lam = 0.6, 1.5
     sol = jode.solve_fractional(relaxation, 1.0, 0.0, 2.0, jnp.asarray(lam), alpha=alpha,
-                                rtol=3e-5, atol=1e-7, capacity=512)
+                                rtol=1e-4, atol=1e-7, capacity=CAP)
     n = int(sol.stats["steps"])
     true = abs(float(sol.ys[n]) - _ml([-lam * 2.0**alpha], alpha)[0])
-    assert n in (128, 256, 512)
-    assert true < 2 * (1e-7 + 3e-5 * abs(float(sol.ys[n])))
+    assert n in (128, 256)
+    assert true < 2 * (1e-7 + 1e-4 * abs(float(sol.ys[n])))
     assert int(sol.stats["nfev"]) > 2 * n  # the coarser grids are counted too
 
 
