@@ -281,11 +281,6 @@ def _check(method, alpha, n_conditions, t0, t1, n_steps, block, corrector_iters,
             raise ValueError(f"{name} must be a positive int; got {name}={v!r}")
 
 
-def _order(method, alpha):
-    """The theoretical order for smooth data (used only to bound the observed order)."""
-    return 2.0 if method == "abm" else 2.0 - alpha
-
-
 def _richardson(fine, half, quarter, n):
     """Richardson estimate of the error of y_N at t1, its observed order, and the largest
     difference |y_N - y_{N/2}| over the common grid (from the grids N, N/2, N/4)."""
