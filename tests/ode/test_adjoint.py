@@ -134,6 +134,7 @@ def mlp_loss(net, y0, adjoint, backend="jode", rtol=TOL):
     return jnp.sum(sol.ys**2)
 
 
+@pytest.mark.slow
 def test_mlp_vector_field_gradients(mlp_problem):
     """A network in args: Direct vs directional finite differences, Backsolve, diffrax."""
     net, y0 = mlp_problem
@@ -232,7 +233,9 @@ def test_direct_gradient_through_step_outputs_and_t1():
         P_LV, t1, jode.ForwardMode()
     )
     for r, f in zip(jax.tree.leaves(rev), jax.tree.leaves(fwd), strict=True):
-        assert float(jnp.max(jnp.abs(r - f))) < 1e-12 * float(jnp.max(jnp.abs(f)))
+        scale = max(float(jnp.max(jnp.abs(f))), 1.0)
+        assert float(jnp.max(jnp.abs(r - f))) <= 1e-12 * scale
+    assert float(jnp.max(jnp.abs(rev[0][0]))) > 1.0  # the state outputs do depend on p
 
 
 def test_backsolve_time_gradients():
