@@ -125,6 +125,7 @@ def test_ode2_trains_to_1e6_and_beats_euler():
     assert report.adam_steps == 300 and report.n_params == 30 and report.n_points == 20
 
 
+@pytest.mark.slow  # compiling the PDE training chunks alone takes ~30 s on an idle 2-core CPU
 def test_pde7_mixed_conditions_trains():
     """Problem 7 (Dirichlet + Neumann edge) on the paper's 10x10 grid, reduced iterations."""
     pp = PROBLEMS["pde7"]
