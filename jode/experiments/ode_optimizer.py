@@ -10,7 +10,9 @@ differential equations" (Towards Data Science, 2020) after Owens & Filkin (1989)
 2. an MLP on scikit-learn's digits 0-4 with the article's protocol scaled to that data set
    (100 images per digit for training, 40 per digit for validation, early stopping when 50
    iterations bring no 5 % improvement of the validation loss, accuracy on all remaining
-   0-4 images), gradient flow vs Adam (tuned learning rate) vs SGD (tuned);
+   0-4 images), gradient flow (Runge-Kutta-Chebyshev, Bosh3, Ros2) vs Adam (tuned
+   learning rate) vs SGD (tuned); the flow also records when it first reaches Adam's best
+   validation loss;
 3. the XOR truth table as a smoke case, and real MNIST 0-4 when $JODE_MNIST_DIR is set.
 """
 

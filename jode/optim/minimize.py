@@ -20,6 +20,7 @@ from jax.flatten_util import ravel_pytree
 from ..ode.explicit import ExplicitRK, Tsit5
 from ..ode.solution import Status
 from ..ode.solve import solve
+from .chebyshev import Chebyshev
 from .flow import ALL_REJECTED, gradient_flow
 from .rosenbrock import Ros2
 
@@ -77,7 +78,8 @@ def minimize_by_flow(
         loss: L(params, args) -> scalar.
         params0: starting parameters, any pytree of floating arrays.
         args: passed to `loss`; differentiable.
-        solver: an adaptive jode solver (default `jode.Tsit5()`) or `jode.optim.Ros2()`.
+        solver: an adaptive jode solver (default `jode.Tsit5()`), `jode.optim.Chebyshev()` or
+            `jode.optim.Ros2()` (these two run the `gradient_flow` optimizer in a loop).
         rtol, atol: local error tolerances of the integration.
         gtol: stop when the gradient's 2-norm is at most this.
         t1: the flow time at which to give up (the steady state is reached as t → ∞).
@@ -98,7 +100,7 @@ def minimize_by_flow(
         raise ValueError(f"gtol must be > 0; got gtol={gtol}")
     solver = Tsit5() if solver is None else solver
     grad = jax.grad(loss)
-    if isinstance(solver, Ros2):
+    if isinstance(solver, Ros2 | Chebyshev):
         return _minimize_loop(loss, params0, args, solver, rtol, atol, gtol, max_steps, throw)
     if not isinstance(solver, ExplicitRK) or not solver.adaptive:
         raise ValueError(
