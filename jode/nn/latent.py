@@ -60,17 +60,20 @@ class GRUEncoder(eqx.Module):
         mask = jnp.ones(ts.shape, bool) if mask is None else mask
         dtype = self.out.weight.dtype
         ts, xs = ts.astype(dtype), xs.astype(dtype)
-        # Going backwards, the gap fed with x_i is the time to the next (later) observation.
-        gaps = jnp.concatenate([jnp.diff(ts), jnp.zeros((1,), ts.dtype)])
-        inputs = jnp.concatenate([xs, gaps[:, None]], axis=-1)
 
-        def step(h, inp):
-            x, keep = inp
-            h_new = self.cell(x, h)
-            return jnp.where(keep, h_new, h), None
+        # Going backwards, the gap fed with x_i is the time to the next (later) observed
+        # point (0 for the last one); masked points neither update h nor count as next.
+        def step(carry, inp):
+            h, t_next, seen = carry
+            x, t, keep = inp
+            gap = jnp.where(seen, t_next - t, jnp.zeros((), dtype))
+            h_new = self.cell(jnp.concatenate([x, gap[None]]), h)
+            h = jnp.where(keep, h_new, h)
+            return (h, jnp.where(keep, t, t_next), seen | keep), None
 
-        h0 = jnp.zeros((self.cell.hidden_size,), xs.dtype)
-        h, _ = jax.lax.scan(step, h0, (inputs[::-1], mask[::-1]))
+        h0 = jnp.zeros((self.cell.hidden_size,), dtype)
+        init = (h0, jnp.zeros((), dtype), jnp.zeros((), bool))
+        (h, _, _), _ = jax.lax.scan(step, init, (xs[::-1], ts[::-1], mask[::-1]))
         stats = self.out(h)
         return stats[: self.latent_dim], stats[self.latent_dim :]
 
