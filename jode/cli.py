@@ -36,11 +36,15 @@ def _jsonable(x):
 def reproduce(names: list[str], quick: bool, results: Path) -> dict:
     from .experiments import available
 
-    experiments = available()
+    errors: dict = {}
+    experiments = available(errors)
     unknown = [n for n in names if n not in experiments]
-    if unknown:
+    if unknown or (errors and not names):
+        broken = "".join(f"\n  {m}: {type(e).__name__}: {e}" for m, e in errors.items())
         raise SystemExit(
-            f"unknown experiment(s) {unknown}; available: {', '.join(experiments)}"
+            (f"unknown experiment(s) {unknown}; " if unknown else "")
+            + f"available: {', '.join(experiments)}"
+            + (f"\nexperiment modules that failed to import:{broken}" if broken else "")
         )
     summary = {}
     for name in names or list(experiments):

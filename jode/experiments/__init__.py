@@ -6,11 +6,24 @@ import importlib
 import pkgutil
 
 
-def available() -> dict:
-    """NAME -> module for every experiment module in this package."""
+def available(errors: dict | None = None) -> dict:
+    """NAME -> module for every experiment module in this package.
+
+    A module that fails to import is left out and its exception recorded in `errors`
+    (module name -> exception) when a dict is given, so one broken workflow does not hide
+    the others; with `errors=None` the exception propagates.
+    """
     found = {}
     for info in pkgutil.iter_modules(__path__):
-        module = importlib.import_module(f"{__name__}.{info.name}")
+        if info.name.startswith("_"):
+            continue
+        try:
+            module = importlib.import_module(f"{__name__}.{info.name}")
+        except Exception as exc:
+            if errors is None:
+                raise
+            errors[info.name] = exc
+            continue
         name = getattr(module, "NAME", None)
         if name is not None and callable(getattr(module, "run", None)):
             found[name] = module
