@@ -32,6 +32,7 @@ class System:
     article: tuple  # the article's recovered values
     validation_y0: tuple | None = None
     validation_t1: float | None = None
+    absolute: bool = True  # the article takes |data + noise| (not for Lorenz, whose x, y < 0)
 
     @property
     def _dim(self) -> int:
@@ -58,7 +59,7 @@ SYSTEMS = {
     "lorenz": System(
         "lorenz", models.lorenz, ("x0", "y0", "z0", "σ", "ρ", "β"),
         (1.0, 0.0, 0.0, 10.0, 28.0, 8.0 / 3.0), (1.1, 0.05, -0.05, 10.2, 28.2, 3.0),
-        10.0, 0.05, 0.05, (float("nan"),) * 3 + (10.0, 28.0, 8.0 / 3.0),
+        10.0, 0.05, 0.05, (float("nan"),) * 3 + (10.0, 28.0, 8.0 / 3.0), absolute=False,
     ),
 }
 ARTICLE_LORENZ_HORIZON = 22.0
@@ -75,15 +76,16 @@ def reference_solve(system, y0, args, ts):
 
 
 def make_data(system, seed: int | None):
-    """The article's recipe: the true trajectory, plus N(0, σ²) noise, then |·| (seed None:
-    noise-free)."""
+    """The article's recipe: the true trajectory, plus N(0, σ²) noise, then |·| for
+    Lotka-Volterra and Stuart-Landau (seed None: noise-free)."""
     truth = np.asarray(system.truth)
     d = system._dim
     clean = reference_solve(system, truth[:d], truth[d:], system.ts)
     if seed is None:
         return clean
     noise = np.asarray(jax.random.normal(jax.random.key(seed), clean.shape, jnp.float64))
-    return np.abs(clean + system.sigma * noise)
+    noisy = clean + system.sigma * noise
+    return np.abs(noisy) if system.absolute else noisy
 
 
 def make_loss(system, data, **solve_options):
