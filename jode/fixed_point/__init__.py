@@ -9,6 +9,7 @@ Gradients: `ImplicitAdjoint` (a custom VJP solving (I - ∂f/∂z)ᵀ u = g).
 """
 
 from .implicit import ImplicitAdjoint as ImplicitAdjoint
+from .ode_route import SteadyState as SteadyState
 from .result import FixedPointSolution as FixedPointSolution
 from .result import FixedPointStatus as FixedPointStatus
 from .solve import fixed_point as fixed_point
@@ -18,7 +19,6 @@ from .solvers import Anderson as Anderson
 from .solvers import Broyden as Broyden
 from .solvers import FixedPointIteration as FixedPointIteration
 from .solvers import Newton as Newton
-from .ode_route import SteadyState as SteadyState
 
 SOLVERS = {
     "iteration": FixedPointIteration,
