@@ -26,9 +26,7 @@ class Status(enum.IntEnum):
         return _MESSAGES[self]
 
 
-_STIFF_HINT = (
-    "the problem may be stiff: try jode.Kvaerno5() or jode.Rodas5(), or loosen rtol/atol"
-)
+_STIFF_HINT = "the problem may be stiff: try jode.Kvaerno5() or jode.Rodas5(), or loosen rtol/atol"
 _MESSAGES = {
     Status.SUCCESS: "the solve reached t1",
     Status.MAX_STEPS: "max_steps was reached before t1; raise max_steps, or " + _STIFF_HINT,
@@ -44,13 +42,19 @@ _MESSAGES = {
 
 def status_messages(max_steps: int, solver_name: str) -> list[str]:
     """Messages for `eqx.branched_error_if`, indexed by Status value."""
+    implicit = any(
+        name in solver_name
+        for name in ("Kvaerno", "Rodas", "ImplicitEuler", "ESDIRK", "Rosenbrock")
+    )
     out = []
     for status in Status:
         msg = status.message
+        if implicit:  # already a stiff solver: suggest what is left to change
+            msg = msg.replace(_STIFF_HINT, "loosen rtol/atol, or check the Jacobian and scaling")
         if status is Status.MAX_STEPS:
             msg = (
                 f"max_steps={max_steps} was reached before t1 with solver {solver_name}; "
-                f"raise max_steps, or {_STIFF_HINT}"
+                f"raise max_steps, or " + ("loosen rtol/atol" if implicit else _STIFF_HINT)
             )
         out.append(f"jode.solve failed: {msg}. Pass throw=False to get the partial Solution.")
     return out
