@@ -36,7 +36,8 @@ QUICK = dict(
     epochs=4,
     mlp_hidden=64,
     res_blocks=2,
-    tols=(1e-1, 1e-3, 1e-5),
+    tols=(1e-1, 1e-4),
+    densities=("two_moons",),
     mem_steps=(10, 100),
     mem_size=(64, 64),
     nfe_iters=10,
@@ -288,7 +289,7 @@ def run(out_dir: pathlib.Path, quick: bool) -> dict:
     metrics["latent"] = latent
     latent_figure(latent_plot, out_dir)
     cnfs, metrics["cnf"] = {}, {}
-    for i, name in enumerate(DENSITIES):
+    for i, name in enumerate(cfg.get("densities", tuple(DENSITIES))):
         metrics["cnf"][name], cnfs[name] = gen.train_cnf(jr.fold_in(k[3], i), name, **cfg["cnf"])
     cnf_figure(cnfs, out_dir, k[4])
     metrics["acceptance"] = {
