@@ -35,4 +35,25 @@ from .ode.tableaus import ButcherTableau as ButcherTableau
 from .ode.tableaus import DIRKTableau as DIRKTableau
 from .ode.tableaus import RosenbrockTableau as RosenbrockTableau
 
+from .fixed_point import AbstractFixedPointSolver as AbstractFixedPointSolver
+from .fixed_point import Anderson as Anderson
+from .fixed_point import Broyden as Broyden
+from .fixed_point import FixedPointIteration as FixedPointIteration
+from .fixed_point import FixedPointSolution as FixedPointSolution
+from .fixed_point import FixedPointStatus as FixedPointStatus
+from .fixed_point import ImplicitAdjoint as ImplicitAdjoint
+from .fixed_point import Newton as Newton
+from .fixed_point import SteadyState as SteadyState
+from .fixed_point import fixed_point as fixed_point
+from .fixed_point import steady_state as steady_state
+
+# The application layer, as submodules: jode.fit, jode.sweep, jode.trial, jode.nn, jode.optim …
+from . import data as data  # noqa: E402
+from . import fit as fit  # noqa: E402
+from . import models as models  # noqa: E402
+from . import nn as nn  # noqa: E402
+from . import optim as optim  # noqa: E402
+from . import sweep as sweep  # noqa: E402
+from . import trial as trial  # noqa: E402
+
 __version__ = "0.1.0"
