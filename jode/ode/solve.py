@@ -284,8 +284,9 @@ def solve(
         args: anything f needs (parameters, networks); differentiable.
         solver: a jode solver instance, default `jode.Tsit5()`.
         rtol, atol: tolerances of the adaptive controller (scalars or pytrees like y0).
-        dt0: initial step (adaptive) or the constant step. Chosen automatically for
-            adaptive solvers when omitted (Hairer-Nørsett-Wanner).
+        dt0: the step size. Alone it means constant steps of dt0 (the last one clipped to
+            t1); with `controller=jode.PIDController()` it is the initial adaptive step.
+            Adaptive solves without dt0 choose it automatically (Hairer-Nørsett-Wanner).
         n_steps: constant steps of size (t1 - t0)/n_steps (instead of dt0).
         saveat: an array of save times, or a `jode.SaveAt`; default: t1 only.
         dense: keep dense output for `Solution.evaluate`.
