@@ -49,8 +49,15 @@ def timed(fn, *args, repeats=20):
 
 def reference(f, y0, p):
     fj = jax.jit(f)
-    sol = solve_ivp(lambda t, y: np.asarray(fj(t, y, p)), (0.0, 10.0), y0, method="DOP853",
-                    t_eval=TS, rtol=1e-13, atol=1e-13)
+    sol = solve_ivp(
+        lambda t, y: np.asarray(fj(t, y, p)),
+        (0.0, 10.0),
+        y0,
+        method="DOP853",
+        t_eval=TS,
+        rtol=1e-13,
+        atol=1e-13,
+    )
     return sol.y.T
 
 
@@ -64,15 +71,29 @@ def diffrax_solver(name):
 
 def make_jode(f, method, tol):
     ts = jnp.asarray(TS)
-    return jax.jit(lambda y0, p: jode.solve(f, y0, 0.0, 10.0, p, solver=jode_solver(method),
-                                            rtol=tol, atol=tol, saveat=ts))
+    return jax.jit(
+        lambda y0, p: jode.solve(
+            f, y0, 0.0, 10.0, p, solver=jode_solver(method), rtol=tol, atol=tol, saveat=ts
+        )
+    )
 
 
 def make_diffrax(f, method, tol, save_ts=True):
     saveat = diffrax.SaveAt(ts=jnp.asarray(TS)) if save_ts else diffrax.SaveAt(t1=True)
-    return jax.jit(lambda y0, p: diffrax.diffeqsolve(
-        diffrax.ODETerm(f), diffrax_solver(method), 0.0, 10.0, None, y0, p, saveat=saveat,
-        stepsize_controller=diffrax.PIDController(rtol=tol, atol=tol), max_steps=4096))
+    return jax.jit(
+        lambda y0, p: diffrax.diffeqsolve(
+            diffrax.ODETerm(f),
+            diffrax_solver(method),
+            0.0,
+            10.0,
+            None,
+            y0,
+            p,
+            saveat=saveat,
+            stepsize_controller=diffrax.PIDController(rtol=tol, atol=tol),
+            max_steps=4096,
+        )
+    )
 
 
 def single(repeats):
@@ -84,28 +105,51 @@ def single(repeats):
             for method in ("Tsit5", "Dopri5"):
                 c_j, t_j, s_j = timed(make_jode(f, method, tol), y0j, pj, repeats=repeats)
                 c_d, t_d, s_d = timed(make_diffrax(f, method, tol), y0j, pj, repeats=repeats)
-                rows.append(dict(
-                    problem=name, tol=tol, method=method,
-                    jode_us=t_j * 1e6, diffrax_us=t_d * 1e6, ratio=t_j / t_d,
-                    jode_compile_s=c_j, diffrax_compile_s=c_d, compile_ratio=c_j / c_d,
-                    jode_steps=int(s_j.stats["steps"]), diffrax_steps=int(s_d.stats["num_steps"]),
-                    jode_nfev=int(s_j.stats["nfev"]),
-                    jode_err=float(np.max(np.abs(np.asarray(s_j.ys) - ref))),
-                    diffrax_err=float(np.max(np.abs(np.asarray(s_d.ys) - ref))),
-                ))
+                rows.append(
+                    dict(
+                        problem=name,
+                        tol=tol,
+                        method=method,
+                        jode_us=t_j * 1e6,
+                        diffrax_us=t_d * 1e6,
+                        ratio=t_j / t_d,
+                        jode_compile_s=c_j,
+                        diffrax_compile_s=c_d,
+                        compile_ratio=c_j / c_d,
+                        jode_steps=int(s_j.stats["steps"]),
+                        diffrax_steps=int(s_d.stats["num_steps"]),
+                        jode_nfev=int(s_j.stats["nfev"]),
+                        jode_err=float(np.max(np.abs(np.asarray(s_j.ys) - ref))),
+                        diffrax_err=float(np.max(np.abs(np.asarray(s_d.ys) - ref))),
+                    )
+                )
             for method, scipy_name in (("RK45", "RK45"), ("DOP853", "DOP853")):
                 fj = jax.jit(f)
-                fn = lambda: solve_ivp(lambda t, y: np.asarray(fj(t, y, p)), (0.0, 10.0), y0,  # noqa: E731
-                                       method=scipy_name, t_eval=TS, rtol=tol, atol=tol)
+                fn = lambda: solve_ivp(
+                    lambda t, y: np.asarray(fj(t, y, p)),
+                    (0.0, 10.0),
+                    y0,  # noqa: E731
+                    method=scipy_name,
+                    t_eval=TS,
+                    rtol=tol,
+                    atol=tol,
+                )
                 fn()
                 times = []
                 for _ in range(max(3, repeats // 5)):
                     start = time.perf_counter()
                     out = fn()
                     times.append(time.perf_counter() - start)
-                rows.append(dict(problem=name, tol=tol, method="scipy " + method,
-                                 scipy_us=statistics.median(times) * 1e6, nfev=out.nfev,
-                                 err=float(np.max(np.abs(out.y.T - ref)))))
+                rows.append(
+                    dict(
+                        problem=name,
+                        tol=tol,
+                        method="scipy " + method,
+                        scipy_us=statistics.median(times) * 1e6,
+                        nfev=out.nfev,
+                        err=float(np.max(np.abs(out.y.T - ref))),
+                    )
+                )
     return rows
 
 
@@ -121,12 +165,19 @@ def batch(sizes, repeats):
         c_d, t_d, s_d = timed(dfx_fn, y0j, ps, repeats=repeats)
         single_fn = make_jode(f, "Tsit5", 1e-6)
         same = max(float(jnp.max(jnp.abs(single_fn(y0j, ps[i]).ys - s_j.ys[i]))) for i in range(3))
-        rows.append(dict(
-            B=b, jode_ms=t_j * 1e3, diffrax_ms=t_d * 1e3, ratio=t_j / t_d,
-            jode_compile_s=c_j, diffrax_compile_s=c_d,
-            steps_max=int(jnp.max(s_j.stats["steps"])), steps_mean=float(jnp.mean(s_j.stats["steps"])),
-            lane_vs_single_max_diff=same,
-        ))
+        rows.append(
+            dict(
+                B=b,
+                jode_ms=t_j * 1e3,
+                diffrax_ms=t_d * 1e3,
+                ratio=t_j / t_d,
+                jode_compile_s=c_j,
+                diffrax_compile_s=c_d,
+                steps_max=int(jnp.max(s_j.stats["steps"])),
+                steps_mean=float(jnp.mean(s_j.stats["steps"])),
+                lane_vs_single_max_diff=same,
+            )
+        )
     return rows
 
 
@@ -154,16 +205,30 @@ def grad_compile():
         return jnp.sum(jode.solve(f, y0j, 0.0, 10.0, p, saveat=jnp.asarray(TS)).ys ** 2)
 
     def loss_dfx(p):
-        sol = diffrax.diffeqsolve(diffrax.ODETerm(f), diffrax.Tsit5(), 0.0, 10.0, None, y0j, p,
-                                  saveat=diffrax.SaveAt(ts=jnp.asarray(TS)),
-                                  stepsize_controller=diffrax.PIDController(rtol=1e-6, atol=1e-6))
+        sol = diffrax.diffeqsolve(
+            diffrax.ODETerm(f),
+            diffrax.Tsit5(),
+            0.0,
+            10.0,
+            None,
+            y0j,
+            p,
+            saveat=diffrax.SaveAt(ts=jnp.asarray(TS)),
+            stepsize_controller=diffrax.PIDController(rtol=1e-6, atol=1e-6),
+        )
         return jnp.sum(sol.ys**2)
 
     c_j, t_j, g_j = timed(jax.jit(jax.grad(loss_jode)), pj, repeats=5)
     c_d, t_d, g_d = timed(jax.jit(jax.grad(loss_dfx)), pj, repeats=5)
-    return dict(jode_compile_s=c_j, diffrax_compile_s=c_d, compile_ratio=c_j / c_d,
-                jode_ms=t_j * 1e3, diffrax_ms=t_d * 1e3, ratio=t_j / t_d,
-                grad_rel_diff=float(jnp.linalg.norm(g_j - g_d) / jnp.linalg.norm(g_d)))
+    return dict(
+        jode_compile_s=c_j,
+        diffrax_compile_s=c_d,
+        compile_ratio=c_j / c_d,
+        jode_ms=t_j * 1e3,
+        diffrax_ms=t_d * 1e3,
+        ratio=t_j / t_d,
+        grad_rel_diff=float(jnp.linalg.norm(g_j - g_d) / jnp.linalg.norm(g_d)),
+    )
 
 
 def main():
@@ -173,36 +238,50 @@ def main():
     repeats = 5 if ns.quick else 30
     print(f"jax {jax.__version__}, diffrax {diffrax.__version__}, devices {jax.devices()}")
     print("\n## Single solves (float64, 101 save points)\n")
-    print("| problem | tol | method | jode | diffrax | jode/diffrax | compile jode/diffrax (s) | steps jode/diffrax | nfev | err jode/diffrax |")
+    print(
+        "| problem | tol | method | jode | diffrax | jode/diffrax | compile jode/diffrax (s) | steps jode/diffrax | nfev | err jode/diffrax |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in single(repeats):
         if "jode_us" in r:
-            print(f"| {r['problem']} | {r['tol']:.0e} | {r['method']} | {r['jode_us']:.1f} us | "
-                  f"{r['diffrax_us']:.1f} us | {r['ratio']:.2f} | {r['jode_compile_s']:.2f}/"
-                  f"{r['diffrax_compile_s']:.2f} ({r['compile_ratio']:.2f}) | {r['jode_steps']}/"
-                  f"{r['diffrax_steps']} | {r['jode_nfev']} | {r['jode_err']:.1e}/{r['diffrax_err']:.1e} |")
+            print(
+                f"| {r['problem']} | {r['tol']:.0e} | {r['method']} | {r['jode_us']:.1f} us | "
+                f"{r['diffrax_us']:.1f} us | {r['ratio']:.2f} | {r['jode_compile_s']:.2f}/"
+                f"{r['diffrax_compile_s']:.2f} ({r['compile_ratio']:.2f}) | {r['jode_steps']}/"
+                f"{r['diffrax_steps']} | {r['jode_nfev']} | {r['jode_err']:.1e}/{r['diffrax_err']:.1e} |"
+            )
         else:
-            print(f"| {r['problem']} | {r['tol']:.0e} | {r['method']} | - | - | scipy {r['scipy_us'] / 1e3:.2f} ms | - | - | {r['nfev']} | {r['err']:.1e} |")
+            print(
+                f"| {r['problem']} | {r['tol']:.0e} | {r['method']} | - | - | scipy {r['scipy_us'] / 1e3:.2f} ms | - | - | {r['nfev']} | {r['err']:.1e} |"
+            )
     sizes = [1, 100, 1000] if ns.quick else [1, 100, 1000, 10000]
     print("\n## vmap batches, Lotka-Volterra, Tsit5, rtol=atol=1e-6, 101 saves\n")
-    print("| B | jode | diffrax | jode/diffrax | compile jode/diffrax (s) | steps max/mean | lane vs single |")
+    print(
+        "| B | jode | diffrax | jode/diffrax | compile jode/diffrax (s) | steps max/mean | lane vs single |"
+    )
     print("|---|---|---|---|---|---|---|")
     rows = batch(sizes, max(3, repeats // 3))
     for r in rows:
-        print(f"| {r['B']} | {r['jode_ms']:.2f} ms | {r['diffrax_ms']:.2f} ms | {r['ratio']:.2f} | "
-              f"{r['jode_compile_s']:.2f}/{r['diffrax_compile_s']:.2f} | {r['steps_max']}/"
-              f"{r['steps_mean']:.1f} | {r['lane_vs_single_max_diff']:.1e} |")
+        print(
+            f"| {r['B']} | {r['jode_ms']:.2f} ms | {r['diffrax_ms']:.2f} ms | {r['ratio']:.2f} | "
+            f"{r['jode_compile_s']:.2f}/{r['diffrax_compile_s']:.2f} | {r['steps_max']}/"
+            f"{r['steps_mean']:.1f} | {r['lane_vs_single_max_diff']:.1e} |"
+        )
     big = rows[-1]
     fl = floor(big["B"], 6 * big["steps_max"] + 2, repeats)
-    print(f"\nFloor at B={big['B']}: one vmapped f-eval in a compiled loop {fl['per_eval_us']:.2f} us; "
-          f"x lockstep nfev {6 * big['steps_max'] + 2} = {fl['floor_ms']:.2f} ms; "
-          f"jode = {big['jode_ms'] / fl['floor_ms']:.1f}x floor, diffrax = "
-          f"{big['diffrax_ms'] / fl['floor_ms']:.1f}x floor")
+    print(
+        f"\nFloor at B={big['B']}: one vmapped f-eval in a compiled loop {fl['per_eval_us']:.2f} us; "
+        f"x lockstep nfev {6 * big['steps_max'] + 2} = {fl['floor_ms']:.2f} ms; "
+        f"jode = {big['jode_ms'] / fl['floor_ms']:.1f}x floor, diffrax = "
+        f"{big['diffrax_ms'] / fl['floor_ms']:.1f}x floor"
+    )
     g = grad_compile()
     print("\n## jit(grad(solve)), Lotka-Volterra, 101 saves\n")
-    print(f"compile jode {g['jode_compile_s']:.2f} s vs diffrax {g['diffrax_compile_s']:.2f} s "
-          f"(ratio {g['compile_ratio']:.2f}); run jode {g['jode_ms']:.2f} ms vs diffrax "
-          f"{g['diffrax_ms']:.2f} ms (ratio {g['ratio']:.2f}); gradient rel. diff {g['grad_rel_diff']:.1e}")
+    print(
+        f"compile jode {g['jode_compile_s']:.2f} s vs diffrax {g['diffrax_compile_s']:.2f} s "
+        f"(ratio {g['compile_ratio']:.2f}); run jode {g['jode_ms']:.2f} ms vs diffrax "
+        f"{g['diffrax_ms']:.2f} ms (ratio {g['ratio']:.2f}); gradient rel. diff {g['grad_rel_diff']:.1e}"
+    )
 
 
 if __name__ == "__main__":

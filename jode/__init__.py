@@ -3,6 +3,25 @@
     sol = jode.solve(f, y0, t0, t1, args=p, solver=jode.Tsit5(), saveat=ts)
 """
 
+# The application layer, as submodules: jode.fit, jode.sweep, jode.trial, jode.nn, jode.optim …
+from . import data as data  # noqa: E402
+from . import fit as fit  # noqa: E402
+from . import models as models  # noqa: E402
+from . import nn as nn  # noqa: E402
+from . import optim as optim  # noqa: E402
+from . import sweep as sweep  # noqa: E402
+from . import trial as trial  # noqa: E402
+from .fixed_point import AbstractFixedPointSolver as AbstractFixedPointSolver
+from .fixed_point import Anderson as Anderson
+from .fixed_point import Broyden as Broyden
+from .fixed_point import FixedPointIteration as FixedPointIteration
+from .fixed_point import FixedPointSolution as FixedPointSolution
+from .fixed_point import FixedPointStatus as FixedPointStatus
+from .fixed_point import ImplicitAdjoint as ImplicitAdjoint
+from .fixed_point import Newton as Newton
+from .fixed_point import SteadyState as SteadyState
+from .fixed_point import fixed_point as fixed_point
+from .fixed_point import steady_state as steady_state
 from .ode.adjoint import AbstractAdjoint as AbstractAdjoint
 from .ode.adjoint import BacksolveAdjoint as BacksolveAdjoint
 from .ode.adjoint import DirectAdjoint as DirectAdjoint
@@ -19,13 +38,13 @@ from .ode.explicit import Heun as Heun
 from .ode.explicit import Midpoint as Midpoint
 from .ode.explicit import Ralston as Ralston
 from .ode.explicit import Tsit5 as Tsit5
+from .ode.fractional import solve_fractional as solve_fractional
 from .ode.implicit import ESDIRK as ESDIRK
 from .ode.implicit import ImplicitEuler as ImplicitEuler
 from .ode.implicit import Kvaerno3 as Kvaerno3
 from .ode.implicit import Kvaerno5 as Kvaerno5
 from .ode.implicit import Rodas5 as Rodas5
 from .ode.implicit import Rosenbrock as Rosenbrock
-from .ode.fractional import solve_fractional as solve_fractional
 from .ode.mittag_leffler import mittag_leffler as mittag_leffler
 from .ode.solution import Solution as Solution
 from .ode.solution import Status as Status
@@ -34,26 +53,5 @@ from .ode.solve import solve as solve
 from .ode.tableaus import ButcherTableau as ButcherTableau
 from .ode.tableaus import DIRKTableau as DIRKTableau
 from .ode.tableaus import RosenbrockTableau as RosenbrockTableau
-
-from .fixed_point import AbstractFixedPointSolver as AbstractFixedPointSolver
-from .fixed_point import Anderson as Anderson
-from .fixed_point import Broyden as Broyden
-from .fixed_point import FixedPointIteration as FixedPointIteration
-from .fixed_point import FixedPointSolution as FixedPointSolution
-from .fixed_point import FixedPointStatus as FixedPointStatus
-from .fixed_point import ImplicitAdjoint as ImplicitAdjoint
-from .fixed_point import Newton as Newton
-from .fixed_point import SteadyState as SteadyState
-from .fixed_point import fixed_point as fixed_point
-from .fixed_point import steady_state as steady_state
-
-# The application layer, as submodules: jode.fit, jode.sweep, jode.trial, jode.nn, jode.optim …
-from . import data as data  # noqa: E402
-from . import fit as fit  # noqa: E402
-from . import models as models  # noqa: E402
-from . import nn as nn  # noqa: E402
-from . import optim as optim  # noqa: E402
-from . import sweep as sweep  # noqa: E402
-from . import trial as trial  # noqa: E402
 
 __version__ = "0.1.0"

@@ -15,8 +15,13 @@ def _reference(f, y0, ts, args):
     from scipy.integrate import solve_ivp
 
     sol = solve_ivp(
-        lambda t, y: np.asarray(f(t, y, args)), (ts[0], ts[-1]), np.asarray(y0),
-        method="DOP853", t_eval=np.asarray(ts), rtol=1e-13, atol=1e-13,
+        lambda t, y: np.asarray(f(t, y, args)),
+        (ts[0], ts[-1]),
+        np.asarray(y0),
+        method="DOP853",
+        t_eval=np.asarray(ts),
+        rtol=1e-13,
+        atol=1e-13,
     )
     return sol.y.T
 
@@ -54,8 +59,11 @@ def run(out_dir: Path, quick: bool) -> dict:
             run_s = time.perf_counter() - start
             err = float(np.max(np.abs(np.asarray(sol.ys) - ref)))
             metrics[f"{name}/{backend}"] = dict(
-                steps=int(sol.stats["steps"]), nfev=int(sol.stats["nfev"]),
-                max_abs_error_vs_dop853=err, first_call_s=compile_s, run_s=run_s,
+                steps=int(sol.stats["steps"]),
+                nfev=int(sol.stats["nfev"]),
+                max_abs_error_vs_dop853=err,
+                first_call_s=compile_s,
+                run_s=run_s,
                 status=int(sol.status),
             )
             if backend == "jode":

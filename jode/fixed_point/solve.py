@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from ..ode.checks import _concrete
+from ..ode.checks import _concrete, check_y0
 from .implicit import ImplicitAdjoint, floats_to_arrays, solve_implicit
 from .result import FixedPointSolution, status_messages
 from .solvers import AbstractFixedPointSolver, Anderson
@@ -30,16 +30,7 @@ def _check_solver(solver):
 
 
 def _check_z0(z0):
-    leaves = jax.tree.leaves(z0)
-    if not leaves:
-        raise ValueError("z0 must contain at least one array; got an empty pytree")
-    for leaf in leaves:
-        dtype = jnp.result_type(leaf)
-        if not jnp.issubdtype(dtype, jnp.inexact):
-            raise ValueError(
-                f"z0 must be floating point; got dtype {dtype}. Pass e.g. "
-                "jnp.asarray(z0, dtype=float)"
-            )
+    check_y0(z0, name="z0")
 
 
 def _check_map(f, z0, args):

@@ -41,16 +41,17 @@ def check_solver(solver, known: dict):
         )
 
 
-def check_y0(y0):
+def check_y0(y0, name: str = "y0"):
+    """A non-empty pytree of floating-point arrays (`name` is the argument's name)."""
     leaves = jax.tree.leaves(y0)
     if not leaves:
-        raise ValueError("y0 must contain at least one array; got an empty pytree")
+        raise ValueError(f"{name} must contain at least one array; got an empty pytree")
     for leaf in leaves:
         dtype = jnp.result_type(leaf)
         if not jnp.issubdtype(dtype, jnp.inexact):
             raise ValueError(
-                f"y0 must be floating point; got dtype {dtype}. Pass e.g. "
-                "jnp.asarray(y0, dtype=float)"
+                f"{name} must be floating point; got dtype {dtype}. Pass e.g. "
+                f"jnp.asarray({name}, dtype=float)"
             )
 
 
@@ -97,7 +98,12 @@ def check_interval(t0, t1, dt0, n_steps, max_steps):
     if dtc is not None:
         if dtc.shape != () or not np.isfinite(dtc) or dtc == 0:
             raise ValueError(f"dt0 must be a finite non-zero scalar; got dt0={dtc}")
-        if t0c is not None and t1c is not None and t1c != t0c and np.sign(dtc) != np.sign(t1c - t0c):
+        if (
+            t0c is not None
+            and t1c is not None
+            and t1c != t0c
+            and np.sign(dtc) != np.sign(t1c - t0c)
+        ):
             raise ValueError(
                 f"dt0 must point from t0 to t1: got dt0={dtc} for t0={t0c}, t1={t1c}; "
                 f"use dt0={-dtc}"

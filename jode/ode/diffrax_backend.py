@@ -94,19 +94,50 @@ def _status(result):
         result == r.event_occurred,
         (result == r.nonlinear_max_steps_reached) | (result == r.nonlinear_divergence),
     ]
-    values = [Status.SUCCESS, Status.MAX_STEPS, Status.DT_UNDERFLOW, Status.EVENT, Status.NEWTON_FAILED]
+    values = [
+        Status.SUCCESS,
+        Status.MAX_STEPS,
+        Status.DT_UNDERFLOW,
+        Status.EVENT,
+        Status.NEWTON_FAILED,
+    ]
     return jnp.select(conditions, [jnp.int32(v) for v in values], jnp.int32(Status.NONFINITE))
 
 
-def solve_diffrax(f, y0, t0, t1, args, *, solver, rtol, atol, dt0, n_steps, saveat, controller,
-                  jump_ts, stop, adjoint, max_steps, throw):
+def solve_diffrax(
+    f,
+    y0,
+    t0,
+    t1,
+    args,
+    *,
+    solver,
+    rtol,
+    atol,
+    dt0,
+    n_steps,
+    saveat,
+    controller,
+    jump_ts,
+    stop,
+    adjoint,
+    max_steps,
+    throw,
+):
     """Carry out `jode.solve` with diffrax; see `jode.solve` for the arguments."""
     dfx_solver = to_diffrax_solver(solver)
     if isinstance(controller, PIDController):
         stepsize = dfx.PIDController(
-            rtol=rtol, atol=atol, pcoeff=controller.pcoeff, icoeff=controller.icoeff,
-            dcoeff=controller.dcoeff, safety=controller.safety, factormin=controller.factormin,
-            factormax=controller.factormax, dtmin=controller.dtmin, dtmax=controller.dtmax,
+            rtol=rtol,
+            atol=atol,
+            pcoeff=controller.pcoeff,
+            icoeff=controller.icoeff,
+            dcoeff=controller.dcoeff,
+            safety=controller.safety,
+            factormin=controller.factormin,
+            factormax=controller.factormax,
+            dtmin=controller.dtmin,
+            dtmax=controller.dtmax,
             jump_ts=jump_ts,
         )
     elif isinstance(controller, ConstantStep):
@@ -118,16 +149,28 @@ def solve_diffrax(f, y0, t0, t1, args, *, solver, rtol, atol, dt0, n_steps, save
     else:
         raise ValueError(f"unknown controller {controller!r}")
     dfx_saveat = dfx.SaveAt(
-        ts=saveat.ts, t1=saveat.t1 and saveat.ts is None and not saveat.steps,
-        steps=saveat.steps, dense=saveat.dense,
+        ts=saveat.ts,
+        t1=saveat.t1 and saveat.ts is None and not saveat.steps,
+        steps=saveat.steps,
+        dense=saveat.dense,
     )
     event = None
     if stop is not None:
         event = dfx.Event(cond_fn=lambda t, y, args, **kw: stop(t, y, args))
     sol = dfx.diffeqsolve(
-        dfx.ODETerm(f), dfx_solver, t0, t1, dt0, y0, args, saveat=dfx_saveat,
-        stepsize_controller=stepsize, adjoint=_to_diffrax_adjoint(adjoint),
-        max_steps=max_steps, throw=False, event=event,
+        dfx.ODETerm(f),
+        dfx_solver,
+        t0,
+        t1,
+        dt0,
+        y0,
+        args,
+        saveat=dfx_saveat,
+        stepsize_controller=stepsize,
+        adjoint=_to_diffrax_adjoint(adjoint),
+        max_steps=max_steps,
+        throw=False,
+        event=event,
     )
     status = _status(sol.result)
     steps = jnp.asarray(sol.stats["num_steps"], jnp.int32)
@@ -142,8 +185,13 @@ def solve_diffrax(f, y0, t0, t1, args, *, solver, rtol, atol, dt0, n_steps, save
     )
     dtype = jnp.result_type(*jax.tree.leaves(y0))
     out = Solution(
-        ts=sol.ts, ys=sol.ys, stats=stats, status=status, t0=jnp.asarray(t0, dtype),
-        t1=jnp.asarray(t1, dtype), interpolation=sol.interpolation if saveat.dense else None,
+        ts=sol.ts,
+        ys=sol.ys,
+        stats=stats,
+        status=status,
+        t0=jnp.asarray(t0, dtype),
+        t1=jnp.asarray(t1, dtype),
+        interpolation=sol.interpolation if saveat.dense else None,
     )
     if throw:
         failed = (status != Status.SUCCESS) & (status != Status.EVENT)

@@ -29,9 +29,7 @@ def tableau_coeffs(interp, y0, ks, h):
 def hermite_coeffs(y0, y1, f0, f1, h):
     """Cubic Hermite: y0 + θ h f0 + θ²(3Δ - h(2f0 + f1)) + θ³(h(f0 + f1) - 2Δ), Δ = y1 - y0."""
     delta = y1 - y0
-    return jnp.stack(
-        [y0, h * f0, 3 * delta - h * (2 * f0 + f1), h * (f0 + f1) - 2 * delta]
-    )
+    return jnp.stack([y0, h * f0, 3 * delta - h * (2 * f0 + f1), h * (f0 + f1) - 2 * delta])
 
 
 def horner(coeffs, theta):

@@ -91,7 +91,10 @@ class _Problem(NamedTuple):
 
 def _coeff_degree(solver, y):
     probe = jax.eval_shape(
-        lambda y: solver.step(lambda t, y: y, jnp.zeros((), y.dtype), y, y, jnp.ones((), y.dtype)).coeffs, y
+        lambda y: (
+            solver.step(lambda t, y: y, jnp.zeros((), y.dtype), y, y, jnp.ones((), y.dtype)).coeffs
+        ),
+        y,
     )
     return probe.shape[0]
 
@@ -155,7 +158,8 @@ def _body(prob: _Problem, args, c: _Carry) -> _Carry:
         failure = jnp.where(
             ~accept & tiny,
             jnp.where(
-                finite, jnp.where(res.ok, Status.DT_UNDERFLOW, Status.NEWTON_FAILED),
+                finite,
+                jnp.where(res.ok, Status.DT_UNDERFLOW, Status.NEWTON_FAILED),
                 Status.NONFINITE,
             ),
             Status.SUCCESS,
@@ -201,8 +205,12 @@ def _body(prob: _Problem, args, c: _Carry) -> _Carry:
             prob, c.ys, c.save_idx, last_t, last_h, last_coeffs, c.active
         )
         new.update(
-            last_t=last_t, last_h=last_h, last_coeffs=last_coeffs, ys=ys,
-            save_idx=save_idx, pending=pending,
+            last_t=last_t,
+            last_h=last_h,
+            last_coeffs=last_coeffs,
+            ys=ys,
+            save_idx=save_idx,
+            pending=pending,
         )
     c = c._replace(**new)
     return c._replace(active=c.active & _cond(prob, c))
@@ -236,7 +244,9 @@ def _flatten_tol(tol, y0, dtype):
     if len(leaves) == 1 and jnp.ndim(leaves[0]) == 0:
         return jnp.asarray(leaves[0], dtype)
     try:
-        full = jax.tree.map(lambda t, y: jnp.broadcast_to(jnp.asarray(t, dtype), jnp.shape(y)), tol, y0)
+        full = jax.tree.map(
+            lambda t, y: jnp.broadcast_to(jnp.asarray(t, dtype), jnp.shape(y)), tol, y0
+        )
     except ValueError as exc:
         raise ValueError(
             "rtol/atol must be scalars or pytrees shaped like y0 (per-component tolerances)"
@@ -335,7 +345,11 @@ def solve(
     if saveat.ts is not None:
         checks.check_save_times(saveat.ts, t0, t1)
     if controller is None:
-        controller = PIDController() if solver.adaptive and dt0 is None and n_steps is None else ConstantStep()
+        controller = (
+            PIDController()
+            if solver.adaptive and dt0 is None and n_steps is None
+            else ConstantStep()
+        )
     if isinstance(controller, PIDController) and not solver.adaptive:
         raise ValueError(
             f"{solver!r} has no error estimate, so it cannot adapt its step: pass dt0= or "
@@ -348,19 +362,65 @@ def solve(
         from .diffrax_backend import solve_diffrax
 
         return solve_diffrax(
-            f, y0, t0, t1, args, solver=solver, rtol=rtol, atol=atol, dt0=dt0,
-            n_steps=n_steps, saveat=saveat, controller=controller, jump_ts=jump_ts,
-            stop=stop, adjoint=adjoint, max_steps=max_steps, throw=throw,
+            f,
+            y0,
+            t0,
+            t1,
+            args,
+            solver=solver,
+            rtol=rtol,
+            atol=atol,
+            dt0=dt0,
+            n_steps=n_steps,
+            saveat=saveat,
+            controller=controller,
+            jump_ts=jump_ts,
+            stop=stop,
+            adjoint=adjoint,
+            max_steps=max_steps,
+            throw=throw,
         )
     return adjoint.solve(
-        _solve_jode, f, y0, t0, t1, args, solver=solver, rtol=rtol, atol=atol, dt0=dt0,
-        n_steps=n_steps, saveat=saveat, controller=controller, jump_ts=jump_ts,
-        stop=stop, max_steps=max_steps, throw=throw,
+        _solve_jode,
+        f,
+        y0,
+        t0,
+        t1,
+        args,
+        solver=solver,
+        rtol=rtol,
+        atol=atol,
+        dt0=dt0,
+        n_steps=n_steps,
+        saveat=saveat,
+        controller=controller,
+        jump_ts=jump_ts,
+        stop=stop,
+        max_steps=max_steps,
+        throw=throw,
     )
 
 
-def _solve_jode(f, y0, t0, t1, args, *, solver, rtol, atol, dt0, n_steps, saveat,
-                controller, jump_ts, stop, max_steps, throw, loop):
+def _solve_jode(
+    f,
+    y0,
+    t0,
+    t1,
+    args,
+    *,
+    solver,
+    rtol,
+    atol,
+    dt0,
+    n_steps,
+    saveat,
+    controller,
+    jump_ts,
+    stop,
+    max_steps,
+    throw,
+    loop,
+):
     """The jode backend; `loop` is the adjoint's while loop (cond, body, init, max_iter)."""
     y0_flat, unravel = ravel_pytree(y0)
     dtype = y0_flat.dtype
@@ -380,13 +440,34 @@ def _solve_jode(f, y0, t0, t1, args, *, solver, rtol, atol, dt0, n_steps, saveat
     n_static = None if adaptive else _static_step_count(t0, t1, dt0, n_steps)
     if n_static is not None and jump_ts is None and stop is None:
         tols = (_flatten_tol(rtol, y0, dtype), _flatten_tol(atol, y0, dtype))
-        sol_parts = _scan_constant(solver, f_flat, args, t0, t1, y0_flat, fy0, dt0, n_steps, n_static, saveat, ts, direction, tols)
+        sol_parts = _scan_constant(
+            solver,
+            f_flat,
+            args,
+            t0,
+            t1,
+            y0_flat,
+            fy0,
+            dt0,
+            n_steps,
+            n_static,
+            saveat,
+            ts,
+            direction,
+            tols,
+        )
     else:
         if adaptive:
             if dt0 is None:
                 h0 = initial_step(
-                    lambda t, y: f_flat(t, y, args), t0, y0_flat, fy0, direction,
-                    solver.error_order, _flatten_tol(rtol, y0, dtype), _flatten_tol(atol, y0, dtype),
+                    lambda t, y: f_flat(t, y, args),
+                    t0,
+                    y0_flat,
+                    fy0,
+                    direction,
+                    solver.error_order,
+                    _flatten_tol(rtol, y0, dtype),
+                    _flatten_tol(atol, y0, dtype),
                 )
                 nfev = nfev + 1
             else:
@@ -395,27 +476,50 @@ def _solve_jode(f, y0, t0, t1, args, *, solver, rtol, atol, dt0, n_steps, saveat
             h0 = (t1 - t0) / n_steps if n_steps is not None else jnp.asarray(dt0, dtype)
         h0 = jax.lax.stop_gradient(h0)
         sol_parts = _while_solve(
-            solver, f_flat, args, controller, adaptive, t0, t1, y0_flat, fy0, h0,
-            rtol, atol, y0, ts, saveat, jump_ts, max_steps, direction, loop,
+            solver,
+            f_flat,
+            args,
+            controller,
+            adaptive,
+            t0,
+            t1,
+            y0_flat,
+            fy0,
+            h0,
+            rtol,
+            atol,
+            y0,
+            ts,
+            saveat,
+            jump_ts,
+            max_steps,
+            direction,
+            loop,
             None if stop is None else (lambda t, y, a: jnp.asarray(stop(t, unravel(y), a), bool)),
         )
     ts_out, ys_flat, stats, status, dense_ts, dense_coeffs = sol_parts
     stats["nfev"] = stats["nfev"] + nfev
     ys = jax.vmap(unravel)(ys_flat)
     sol = Solution(
-        ts=ts_out, ys=ys, stats=stats, status=status, t0=t0, t1=t1,
-        dense_ts=dense_ts, dense_coeffs=dense_coeffs, unravel=unravel,
+        ts=ts_out,
+        ys=ys,
+        stats=stats,
+        status=status,
+        t0=t0,
+        t1=t1,
+        dense_ts=dense_ts,
+        dense_coeffs=dense_coeffs,
+        unravel=unravel,
     )
     if throw:
         failed = (status != Status.SUCCESS) & (status != Status.EVENT)
-        sol = eqx.branched_error_if(
-            sol, failed, status, status_messages(max_steps, repr(solver))
-        )
+        sol = eqx.branched_error_if(sol, failed, status, status_messages(max_steps, repr(solver)))
     return sol
 
 
-def _scan_constant(solver, f_flat, args, t0, t1, y0, fy0, dt0, n_steps, n, saveat, ts, direction,
-                   tols=(1e-6, 1e-6)):
+def _scan_constant(
+    solver, f_flat, args, t0, t1, y0, fy0, dt0, n_steps, n, saveat, ts, direction, tols=(1e-6, 1e-6)
+):
     """Constant steps as a lax.scan: differentiable by every JAX transformation."""
     dtype = y0.dtype
     dt = (t1 - t0) / n if n_steps is not None else jnp.asarray(dt0, dtype)
@@ -438,8 +542,12 @@ def _scan_constant(solver, f_flat, args, t0, t1, y0, fy0, dt0, n_steps, n, savea
     status = jnp.where(finite, Status.SUCCESS, Status.NONFINITE)
     status = jnp.where(finite & ~ok, Status.NEWTON_FAILED, status).astype(jnp.int32)
     count = jnp.asarray(n, jnp.int32)
-    stats = dict(steps=count, accepted=count, rejected=jnp.zeros((), jnp.int32),
-                 nfev=count * solver.f_evals_per_step)
+    stats = dict(
+        steps=count,
+        accepted=count,
+        rejected=jnp.zeros((), jnp.int32),
+        nfev=count * solver.f_evals_per_step,
+    )
     if state is not None:
         stats.update(solver.stats(state))
     if ts is not None:
@@ -454,16 +562,43 @@ def _scan_constant(solver, f_flat, args, t0, t1, y0, fy0, dt0, n_steps, n, savea
     return ts_out, ys, stats, status, dense_ts, dense_coeffs
 
 
-def _while_solve(solver, f_flat, args, controller, adaptive, t0, t1, y0, fy0, h0, rtol, atol,
-                 y0_tree, ts, saveat, jump_ts, max_steps, direction, loop, stop=None):
+def _while_solve(
+    solver,
+    f_flat,
+    args,
+    controller,
+    adaptive,
+    t0,
+    t1,
+    y0,
+    fy0,
+    h0,
+    rtol,
+    atol,
+    y0_tree,
+    ts,
+    saveat,
+    jump_ts,
+    max_steps,
+    direction,
+    loop,
+    stop=None,
+):
     dtype = y0.dtype
     n = y0.shape[0]
     i32 = lambda v: jnp.asarray(v, jnp.int32)  # noqa: E731
     prob = _Problem(
-        f=f_flat, solver=solver, controller=controller, adaptive=adaptive, t1=t1,
-        direction=direction, rtol=_flatten_tol(rtol, y0_tree, dtype),
-        atol=_flatten_tol(atol, y0_tree, dtype), ts=ts,
-        jump_ts=None if jump_ts is None else jnp.asarray(jump_ts, dtype), max_steps=max_steps,
+        f=f_flat,
+        solver=solver,
+        controller=controller,
+        adaptive=adaptive,
+        t1=t1,
+        direction=direction,
+        rtol=_flatten_tol(rtol, y0_tree, dtype),
+        atol=_flatten_tol(atol, y0_tree, dtype),
+        ts=ts,
+        jump_ts=None if jump_ts is None else jnp.asarray(jump_ts, dtype),
+        max_steps=max_steps,
         stop=stop,
     )
     degree = _coeff_degree(solver, y0)
@@ -481,10 +616,24 @@ def _while_solve(solver, f_flat, args, controller, adaptive, t0, t1, y0, fy0, h0
     if saveat.dense:
         dense_coeffs = jnp.zeros((max_steps, degree, n), dtype)
     init = _Carry(
-        t=t0, y=y0, fy=fy0, h=h0, prev_inv=jnp.ones((2,), dtype), steps=i32(0),
-        accepted=i32(0), rejected=i32(0), status=i32(Status.SUCCESS), last_t=t0,
-        last_h=jnp.zeros((), dtype), last_coeffs=last_coeffs, pending=jnp.zeros((), bool),
-        save_idx=save_idx, ys=ys, step_ts=step_ts, step_ys=step_ys, dense_coeffs=dense_coeffs,
+        t=t0,
+        y=y0,
+        fy=fy0,
+        h=h0,
+        prev_inv=jnp.ones((2,), dtype),
+        steps=i32(0),
+        accepted=i32(0),
+        rejected=i32(0),
+        status=i32(Status.SUCCESS),
+        last_t=t0,
+        last_h=jnp.zeros((), dtype),
+        last_coeffs=last_coeffs,
+        pending=jnp.zeros((), bool),
+        save_idx=save_idx,
+        ys=ys,
+        step_ts=step_ts,
+        step_ys=step_ys,
+        dense_coeffs=dense_coeffs,
         solver_state=_init_solver_state(solver, f_flat, args, t0, y0, fy0, prob.rtol, prob.atol),
     )
     init = init._replace(active=_cond(prob, init))
@@ -504,19 +653,30 @@ def _while_solve(solver, f_flat, args, controller, adaptive, t0, t1, y0, fy0, h0
     f_conv, f_consts = _convert(f_flat)
     stop_conv, stop_consts = (None, ()) if stop is None else _convert(stop)
     operands = dict(
-        args=args, f_consts=f_consts, stop_consts=stop_consts, t1=t1, direction=direction,
-        rtol=prob.rtol, atol=prob.atol, ts=ts, jump_ts=prob.jump_ts,
+        args=args,
+        f_consts=f_consts,
+        stop_consts=stop_consts,
+        t1=t1,
+        direction=direction,
+        rtol=prob.rtol,
+        atol=prob.atol,
+        ts=ts,
+        jump_ts=prob.jump_ts,
     )
 
     def body(c, ops):
         f_c, s_c = ops["f_consts"], ops["stop_consts"]
         p = prob._replace(
             f=lambda t, y, a: f_conv(t, y, eqx.filter(a, eqx.is_array), *f_c),
-            stop=None if stop is None else (
-                lambda t, y, a: stop_conv(t, y, eqx.filter(a, eqx.is_array), *s_c)
-            ),
-            t1=ops["t1"], direction=ops["direction"], rtol=ops["rtol"], atol=ops["atol"],
-            ts=ops["ts"], jump_ts=ops["jump_ts"],
+            stop=None
+            if stop is None
+            else (lambda t, y, a: stop_conv(t, y, eqx.filter(a, eqx.is_array), *s_c)),
+            t1=ops["t1"],
+            direction=ops["direction"],
+            rtol=ops["rtol"],
+            atol=ops["atol"],
+            ts=ops["ts"],
+            jump_ts=ops["jump_ts"],
         )
         return _body(p, ops["args"], c)
 
@@ -525,8 +685,12 @@ def _while_solve(solver, f_flat, args, controller, adaptive, t0, t1, y0, fy0, h0
         (final.status == Status.SUCCESS) & (final.t != t1), Status.MAX_STEPS, final.status
     ).astype(jnp.int32)
     extra = final.steps if jump_ts is not None else 0
-    stats = dict(steps=final.steps, accepted=final.accepted, rejected=final.rejected,
-                 nfev=final.steps * solver.f_evals_per_step + extra)
+    stats = dict(
+        steps=final.steps,
+        accepted=final.accepted,
+        rejected=final.rejected,
+        nfev=final.steps * solver.f_evals_per_step + extra,
+    )
     if final.solver_state is not None:
         stats.update(solver.stats(final.solver_state))
         stats["nfev"] = stats["nfev"] + extra
@@ -538,4 +702,3 @@ def _while_solve(solver, f_flat, args, controller, adaptive, t0, t1, y0, fy0, h0
         ts_out, ys_out = final.t[None], final.y[None]
     dense_ts = final.step_ts if saveat.dense else None
     return ts_out, ys_out, stats, status, dense_ts, final.dense_coeffs
-

@@ -13,8 +13,9 @@ Y0 = jnp.array([1.0, 1.0])
 def solve(**kw):
     args = dict(f=lotka_volterra, y0=Y0, t0=0.0, t1=1.0, args=P)
     args.update(kw)
-    return jode.solve(args.pop("f"), args.pop("y0"), args.pop("t0"), args.pop("t1"),
-                      args.pop("args"), **args)
+    return jode.solve(
+        args.pop("f"), args.pop("y0"), args.pop("t0"), args.pop("t1"), args.pop("args"), **args
+    )
 
 
 @pytest.mark.parametrize(

@@ -50,7 +50,12 @@ def test_inconsistent_tableaux_are_rejected():
         tb.ButcherTableau("bad", a=[[0, 0], [0.5, 0]], b=[0.5, 0.5], c=[0, 0.5], order=2)
     with pytest.raises(ValueError, match="b_err"):
         tb.ButcherTableau(
-            "bad", a=[[0, 0], [1, 0]], b=[0.5, 0.5], c=[0, 1], order=2, b_err=[0.5, 0.4],
+            "bad",
+            a=[[0, 0], [1, 0]],
+            b=[0.5, 0.5],
+            c=[0, 1],
+            order=2,
+            b_err=[0.5, 0.4],
             embedded_order=1,
         )
     with pytest.raises(ValueError, match="strictly lower"):
