@@ -358,47 +358,15 @@ def solve(
     if isinstance(controller, ConstantStep) and dt0 is None and n_steps is None:
         why = "" if solver.adaptive else " (it has no error estimate, so it cannot adapt)"
         raise ValueError(f"constant steps with {solver!r}{why} need dt0= or n_steps=")
+    options = dict(
+        solver=solver, rtol=rtol, atol=atol, dt0=dt0, n_steps=n_steps, saveat=saveat,
+        controller=controller, jump_ts=jump_ts, stop=stop, max_steps=max_steps, throw=throw,
+    )
     if backend == "diffrax":
         from .diffrax_backend import solve_diffrax
 
-        return solve_diffrax(
-            f,
-            y0,
-            t0,
-            t1,
-            args,
-            solver=solver,
-            rtol=rtol,
-            atol=atol,
-            dt0=dt0,
-            n_steps=n_steps,
-            saveat=saveat,
-            controller=controller,
-            jump_ts=jump_ts,
-            stop=stop,
-            adjoint=adjoint,
-            max_steps=max_steps,
-            throw=throw,
-        )
-    return adjoint.solve(
-        _solve_jode,
-        f,
-        y0,
-        t0,
-        t1,
-        args,
-        solver=solver,
-        rtol=rtol,
-        atol=atol,
-        dt0=dt0,
-        n_steps=n_steps,
-        saveat=saveat,
-        controller=controller,
-        jump_ts=jump_ts,
-        stop=stop,
-        max_steps=max_steps,
-        throw=throw,
-    )
+        return solve_diffrax(f, y0, t0, t1, args, adjoint=adjoint, **options)
+    return adjoint.solve(_solve_jode, f, y0, t0, t1, args, **options)
 
 
 def _solve_jode(
