@@ -411,7 +411,9 @@ def _backsolve_bwd(residuals, grad_sol, perturbed, diff, adjoint, solve_fn, kwar
 
     def f_flat(t, y, theta):
         a, fn = eqx.combine(theta, theta_rest)
-        return ravel_pytree(fn(t, unravel(y), a))[0].astype(dtype)
+        # The augmented state may be promoted (e.g. float64 constants beside a float32
+        # state); f was closure-converted for times of the state's dtype.
+        return ravel_pytree(fn(jnp.asarray(t, dtype), unravel(y.astype(dtype)), a))[0].astype(dtype)
 
     def aug(t, state, theta):
         y, a, _ = state

@@ -45,8 +45,17 @@ def lv_loss(theta, adjoint, saveat):
     sequence of accepted/rejected steps.
     """
     sol = jode.solve(
-        lotka_volterra, theta[4:], 0.0, T1, theta[:4], rtol=TOL, atol=TOL, dt0=0.01,
-        controller=jode.PIDController(), saveat=saveat, adjoint=adjoint,
+        lotka_volterra,
+        theta[4:],
+        0.0,
+        T1,
+        theta[:4],
+        rtol=TOL,
+        atol=TOL,
+        dt0=0.01,
+        controller=jode.PIDController(),
+        saveat=saveat,
+        adjoint=adjoint,
     )
     return jnp.sum(sol.ys**2)
 
@@ -62,10 +71,17 @@ def lv_grads():
     # backward pass recomputes several segments; save times: the default ⌈√max_iter⌉ rows,
     # a single segment kept from the forward pass.
     cases = {
-        "final": (None, {"direct": jode.DirectAdjoint(checkpoints=1000),
-                         "backsolve": jode.BacksolveAdjoint()}),
-        "ts": (TS, {"backsolve": jode.BacksolveAdjoint(),
-                    "seminorm": jode.BacksolveAdjoint(seminorm=True)}),
+        "final": (
+            None,
+            {"direct": jode.DirectAdjoint(checkpoints=1000), "backsolve": jode.BacksolveAdjoint()},
+        ),
+        "ts": (
+            TS,
+            {
+                "backsolve": jode.BacksolveAdjoint(),
+                "seminorm": jode.BacksolveAdjoint(seminorm=True),
+            },
+        ),
     }
     for label, (saveat, adjoints) in cases.items():
         loss = jax.jit(lambda th, saveat=saveat: lv_loss(th, None, saveat))
@@ -86,8 +102,9 @@ def test_direct_matches_finite_differences(lv_grads, label):
     assert rel(g["direct"], g["fd"]) < 1e-6
 
 
-@pytest.mark.parametrize(("label", "kind"), [("final", "backsolve"), ("ts", "backsolve"),
-                                             ("ts", "seminorm")])
+@pytest.mark.parametrize(
+    ("label", "kind"), [("final", "backsolve"), ("ts", "backsolve"), ("ts", "seminorm")]
+)
 def test_backsolve_matches_direct(lv_grads, label, kind):
     g = lv_grads[label]
     assert rel(g[kind], g["direct"]) < 10 * TOL
@@ -129,8 +146,18 @@ def mlp_field(t, y, net):
 
 
 def mlp_loss(net, y0, adjoint, backend="jode", rtol=TOL):
-    sol = jode.solve(mlp_field, y0, 0.0, 2.0, net, rtol=rtol, atol=rtol, saveat=TS / 2.5,
-                     adjoint=adjoint, backend=backend)
+    sol = jode.solve(
+        mlp_field,
+        y0,
+        0.0,
+        2.0,
+        net,
+        rtol=rtol,
+        atol=rtol,
+        saveat=TS / 2.5,
+        adjoint=adjoint,
+        backend=backend,
+    )
     return jnp.sum(sol.ys**2)
 
 
@@ -158,8 +185,15 @@ def test_mlp_vector_field_gradients(mlp_problem):
     # gradient of almost the same discrete solve.
     def dfx_loss(net, y0):
         sol = dfx.diffeqsolve(
-            dfx.ODETerm(mlp_field), dfx.Tsit5(), 0.0, 2.0, None, y0, args=net,
-            saveat=dfx.SaveAt(ts=TS / 2.5), stepsize_controller=dfx.PIDController(rtol=1e-12, atol=1e-12),
+            dfx.ODETerm(mlp_field),
+            dfx.Tsit5(),
+            0.0,
+            2.0,
+            None,
+            y0,
+            args=net,
+            saveat=dfx.SaveAt(ts=TS / 2.5),
+            stepsize_controller=dfx.PIDController(rtol=1e-12, atol=1e-12),
             max_steps=100_000,
         )
         return jnp.sum(sol.ys**2)
@@ -170,8 +204,18 @@ def test_mlp_vector_field_gradients(mlp_problem):
 
 def hessian_loss(p):
     args = jnp.concatenate([p, jnp.array([1.0])])
-    sol = jode.solve(lotka_volterra, jnp.array([1.0, 1.0]), 0.0, 1.0, args, rtol=1e-10,
-                     atol=1e-10, dt0=0.01, controller=jode.PIDController(), saveat=TS[:5])
+    sol = jode.solve(
+        lotka_volterra,
+        jnp.array([1.0, 1.0]),
+        0.0,
+        1.0,
+        args,
+        rtol=1e-10,
+        atol=1e-10,
+        dt0=0.01,
+        controller=jode.PIDController(),
+        saveat=TS[:5],
+    )
     return jnp.sum(sol.ys**2)
 
 
@@ -220,9 +264,20 @@ def test_direct_gradient_through_step_outputs_and_t1():
     y0 = jnp.array([1.0, 1.0])
 
     def outputs(p, t1, adjoint):
-        sol = jode.solve(lotka_volterra, y0, 0.0, t1, p, rtol=TOL, atol=TOL, dt0=0.01,
-                         controller=jode.PIDController(), saveat=jode.SaveAt(steps=True),
-                         max_steps=128, adjoint=adjoint)
+        sol = jode.solve(
+            lotka_volterra,
+            y0,
+            0.0,
+            t1,
+            p,
+            rtol=TOL,
+            atol=TOL,
+            dt0=0.01,
+            controller=jode.PIDController(),
+            saveat=jode.SaveAt(steps=True),
+            max_steps=128,
+            adjoint=adjoint,
+        )
         ys = jnp.where(jnp.isfinite(sol.ys), sol.ys, 0.0)
         ts = jnp.where(jnp.isfinite(sol.ts), sol.ts, 0.0)
         return ys, ts
@@ -240,9 +295,11 @@ def test_direct_gradient_through_step_outputs_and_t1():
 
 def test_backsolve_time_gradients():
     """BacksolveAdjoint: ∂L/∂t0 and ∂L/∂t1 against finite differences of the solve."""
+
     def loss(t0, t1, adjoint):
-        sol = jode.solve(lotka_volterra, Y0_LV, t0, t1, P_LV, rtol=1e-10, atol=1e-10,
-                         adjoint=adjoint)
+        sol = jode.solve(
+            lotka_volterra, Y0_LV, t0, t1, P_LV, rtol=1e-10, atol=1e-10, adjoint=adjoint
+        )
         return jnp.sum(sol.ys**2)
 
     t0, t1 = jnp.asarray(0.2), jnp.asarray(2.5)
@@ -261,8 +318,15 @@ def test_errors_and_diffrax_mapping():
     with pytest.raises(ValueError, match="checkpoints"):
         jode.DirectAdjoint(checkpoints=0)
     with pytest.raises(ValueError, match="DirectAdjoint"):
-        jode.solve(lotka_volterra, Y0_LV, 0.0, 1.0, P_LV, saveat=jode.SaveAt(steps=True),
-                   adjoint=jode.BacksolveAdjoint())
+        jode.solve(
+            lotka_volterra,
+            Y0_LV,
+            0.0,
+            1.0,
+            P_LV,
+            saveat=jode.SaveAt(steps=True),
+            adjoint=jode.BacksolveAdjoint(),
+        )
     assert isinstance(to_diffrax(jode.DirectAdjoint()), dfx.RecursiveCheckpointAdjoint)
     assert isinstance(to_diffrax(jode.ForwardMode()), dfx.ForwardMode)
     semi = to_diffrax(jode.BacksolveAdjoint(rtol=1e-6, atol=1e-7, seminorm=True))
@@ -270,3 +334,28 @@ def test_errors_and_diffrax_mapping():
     assert semi.kwargs["stepsize_controller"].norm is dfx.adjoint_rms_seminorm
     with pytest.raises(ValueError, match="rtol"):
         to_diffrax(jode.BacksolveAdjoint(seminorm=True))
+
+
+def test_backsolve_with_float32_state_and_float64_constants():
+    # x64 on, a float32 state and a float64 constant closed over by f: the augmented state
+    # is promoted, and the backward solve must still call f with the state's dtype.
+    import equinox as eqx
+    import jax.random as jr
+
+    mlp = eqx.nn.MLP(2, 2, 16, 1, key=jr.key(0))
+    scale = jnp.asarray(0.5)
+
+    def f(t, y, m):
+        return scale * jax.vmap(m)(y)
+
+    y0 = jnp.ones((4, 2), jnp.float32)
+
+    def loss(m, adjoint):
+        sol = jode.solve(f, y0, 0.0, 1.0, m, adjoint=adjoint, rtol=1e-4, atol=1e-6)
+        return jnp.sum(sol.ys**2)
+
+    with jax.numpy_dtype_promotion("standard"):  # the user's f mixes precisions on purpose
+        g_back = eqx.filter_grad(lambda m: loss(m, jode.BacksolveAdjoint()))(mlp)
+        g_direct = eqx.filter_grad(lambda m: loss(m, jode.DirectAdjoint()))(mlp)
+    w_back, w_direct = g_back.layers[0].weight, g_direct.layers[0].weight
+    assert float(jnp.max(jnp.abs(w_back - w_direct))) <= 1e-3 * float(jnp.max(jnp.abs(w_direct)))
