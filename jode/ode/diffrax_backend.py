@@ -14,13 +14,12 @@ from __future__ import annotations
 import functools
 
 import diffrax as dfx
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from .control import ConstantStep, PIDController
-from .solution import Solution, Status, status_messages
+from .solution import Solution, Status, raise_on_failure
 
 _NATIVE = {
     "Euler": dfx.Euler,
@@ -194,8 +193,5 @@ def solve_diffrax(
         interpolation=sol.interpolation if saveat.dense else None,
     )
     if throw:
-        failed = (status != Status.SUCCESS) & (status != Status.EVENT)
-        out = eqx.branched_error_if(
-            out, failed, status, status_messages(max_steps, repr(solver) + " (diffrax backend)")
-        )
+        out = raise_on_failure(out, max_steps, repr(solver) + " (diffrax backend)")
     return out

@@ -116,3 +116,9 @@ class Solution(eqx.Module):
         )
         out = jax.vmap(self.unravel)(flat)
         return jax.tree.map(lambda x: jnp.reshape(x, t.shape + x.shape[1:]), out)
+
+
+def raise_on_failure(sol: Solution, max_steps: int, solver_name: str) -> Solution:
+    """`sol`, with a run-time error naming the failure and a fix unless it succeeded."""
+    failed = (sol.status != Status.SUCCESS) & (sol.status != Status.EVENT)
+    return eqx.branched_error_if(sol, failed, sol.status, status_messages(max_steps, solver_name))

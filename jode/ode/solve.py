@@ -27,7 +27,7 @@ from .control import ConstantStep, PIDController, initial_step, pid_update, scal
 from .explicit import EXPLICIT_SOLVERS, Tsit5
 from .implicit import IMPLICIT_SOLVERS
 from .interpolation import evaluate_steps, horner
-from .solution import Solution, Status, status_messages
+from .solution import Solution, Status, raise_on_failure
 
 SAVE_WINDOW = 4
 
@@ -480,8 +480,7 @@ def _solve_jode(
         unravel=unravel,
     )
     if throw:
-        failed = (status != Status.SUCCESS) & (status != Status.EVENT)
-        sol = eqx.branched_error_if(sol, failed, status, status_messages(max_steps, repr(solver)))
+        sol = raise_on_failure(sol, max_steps, repr(solver))
     return sol
 
 
