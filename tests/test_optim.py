@@ -89,6 +89,79 @@ def test_flow_converges_and_works_in_chain():
     assert int(_flow_state(state).status) == 0
 
 
+def test_step_relative_error_converges_to_known_minimizer():
+    # error_scale="step" with a loose rtol: the iteration still ends at the exact minimizer
+    # of the quadratic (the center), not within a tolerance-sized ball around it.
+    opt = optim.gradient_flow(jode.Bosh3(), rtol=0.1, atol=1e-12, error_scale="step")
+    (p, state), _ = _run(opt, quadratic, P0, 80)
+    assert _max_diff(p, CENTER) < 1e-9
+    assert int(state.status) == 0
+
+
+def test_step_relative_error_vs_classic_scale_near_a_minimum():
+    # Tsit5, rtol 1e-2 on the six-hump camel from (0.5, -0.3). With the classic scale
+    # atol + rtol|θ| the step sits on the stability boundary near the minimizer and the stiff
+    # component keeps an amplitude of about the tolerance: f stays > 1e-6 above the minimum.
+    # Scaled by the step taken, the allowed error shrinks with the motion: f converges.
+    fn, x0 = optim.six_hump_camel, jnp.asarray([0.5, -0.3])
+    out = {}
+    for scale, atol in (("params", 1e-4), ("step", 1e-10)):
+        opt = optim.gradient_flow(jode.Tsit5(), rtol=1e-2, atol=atol, error_scale=scale)
+        (p, _), _ = _run(opt, fn, x0, 60)
+        out[scale] = p
+    f_star = -1.031628453489877  # six_hump_camel at its global minimizers (to 1e-15)
+    assert float(fn(out["params"])) - f_star > 1e-6
+    assert abs(float(fn(out["step"])) - f_star) < 1e-10
+    np.testing.assert_allclose(np.asarray(out["step"]), optim.CAMEL.minimizers[0], atol=1e-6)
+
+
+def test_tolerances_may_be_traced():
+    # rtol as a traced scalar (a vmapped sweep) gives the iterates of a concrete rtol (to
+    # rounding: the batched controller arithmetic may differ in the last bits).
+    fn, x0 = optim.six_hump_camel, jnp.asarray([-1.0, 0.5])
+
+    def final(rtol):
+        opt = optim.gradient_flow(jode.Bosh3(), rtol=rtol, atol=1e-8, error_scale="step")
+        (p, state), _ = _run(opt, fn, x0, 15)
+        return p, state.t
+
+    swept, t = jax.vmap(final)(jnp.asarray([1e-2, 1e-1]))
+    for i, rtol in enumerate((1e-2, 1e-1)):
+        p, t_i = final(rtol)
+        np.testing.assert_allclose(np.asarray(swept[i]), np.asarray(p), rtol=1e-9, atol=1e-12)
+        assert float(t[i]) == pytest.approx(float(t_i), rel=1e-9)
+    assert float(t[0]) < float(t[1])  # the tighter tolerance takes shorter steps
+
+
+@pytest.mark.parametrize(
+    "test_fn, start", [(optim.CAMEL, (-0.6, 0.2)), (optim.GOLDSTEIN_PRICE, (0.5, -0.5))]
+)
+def test_flow_optimizer_reaches_global_minimum(test_fn, start):
+    # The setting of the grid comparison (Bosh3, error relative to the step, rtol 0.1).
+    from jode.optim.testfunctions import local_minima_table
+
+    minima, values, is_global = local_minima_table(test_fn)
+    res = jax.jit(
+        lambda x: compare.run_to_target(
+            "flow",
+            test_fn.fn,
+            x,
+            minima,
+            values,
+            max_iters=500,
+            rtol=0.1,
+            atol=1e-8,
+            solver=jode.Bosh3(),
+            error_scale="step",
+        )
+    )(jnp.asarray(start))
+    assert int(res.hit_iters) > 0
+    assert bool(is_global[int(res.nearest)])
+    assert abs(float(res.value) - test_fn.minimum) < 1e-6  # the published minimum value
+    dist = min(float(jnp.linalg.norm(res.params - jnp.asarray(m))) for m in test_fn.minimizers)
+    assert dist < 1e-3
+
+
 def test_ros2_on_stiff_quadratic():
     # λ = 1 and 1e4: explicit steps are held to h < 3.5e-4 by stability; Ros2 is L-stable.
     a = jnp.asarray([1.0, 1e4])
@@ -250,5 +323,7 @@ def test_bad_arguments():
         optim.gradient_flow(rtol=-1.0)
     with pytest.raises(ValueError, match="gtol"):
         optim.minimize_by_flow(lambda p, _: jnp.sum(p**2), jnp.ones(2), gtol=0.0)
+    with pytest.raises(ValueError, match="error_scale"):
+        optim.gradient_flow(error_scale="relative")
     with pytest.raises(ValueError, match="krylov_steps"):
         optim.Ros2(krylov_steps=0)

@@ -27,7 +27,16 @@ KINDS = ("flow", "flow-ros2", "sgd", "momentum", "adam", "lbfgs")
 _FROM_STATE = ("flow", "flow-ros2", "lbfgs")
 
 
-def make_optimizer(kind: str, learning_rate=None, *, rtol=1e-6, atol=1e-8, solver=None):
+def make_optimizer(
+    kind: str,
+    learning_rate=None,
+    *,
+    rtol=1e-6,
+    atol=1e-8,
+    solver=None,
+    controller=None,
+    error_scale="params",
+):
     """An optax optimizer by name; `learning_rate` may be a traced scalar.
 
     "flow" is `gradient_flow(solver or Tsit5, rtol, atol)`, "flow-ros2" the same with
@@ -35,9 +44,10 @@ def make_optimizer(kind: str, learning_rate=None, *, rtol=1e-6, atol=1e-8, solve
     its zoom line search (no learning rate).
     """
     if kind == "flow":
-        return gradient_flow(solver, rtol, atol)
+        return gradient_flow(solver, rtol, atol, controller=controller, error_scale=error_scale)
     if kind == "flow-ros2":
-        return gradient_flow(Ros2() if solver is None else solver, rtol, atol)
+        solver = Ros2() if solver is None else solver
+        return gradient_flow(solver, rtol, atol, controller=controller, error_scale=error_scale)
     if kind == "lbfgs":
         return optax.lbfgs()
     if learning_rate is None:
@@ -120,6 +130,9 @@ def run_to_target(
     target=1e-6,
     rtol=1e-6,
     atol=1e-8,
+    solver=None,
+    controller=None,
+    error_scale="params",
 ):
     """Optimize `loss` from x0 until f(x) - f(nearest minimum) < target, or max_iters.
 
@@ -129,7 +142,15 @@ def run_to_target(
     Returns:
         A `RunResult`.
     """
-    opt = make_optimizer(kind, learning_rate, rtol=rtol, atol=atol)
+    opt = make_optimizer(
+        kind,
+        learning_rate,
+        rtol=rtol,
+        atol=atol,
+        solver=solver,
+        controller=controller,
+        error_scale=error_scale,
+    )
 
     def nearest(x):
         return jnp.argmin(jnp.sum((minima - x) ** 2, axis=-1))
@@ -151,9 +172,12 @@ def run_to_target(
     return RunResult(hit_k, hit_nfev, s.params, loss(s.params), nearest(s.params))
 
 
-def trajectory(kind, loss, x0, n_iters, *, learning_rate=None, rtol=1e-6, atol=1e-8):
-    """The iterates x_0..x_n of `n_iters` iterations (for path plots), as an (n+1, d) array."""
-    opt = make_optimizer(kind, learning_rate, rtol=rtol, atol=atol)
+def trajectory(kind, loss, x0, n_iters, *, learning_rate=None, **flow_kwargs):
+    """The iterates x_0..x_n of `n_iters` iterations (for path plots), as an (n+1, d) array.
+
+    `flow_kwargs` (rtol, atol, solver, controller, error_scale) go to `make_optimizer`.
+    """
+    opt = make_optimizer(kind, learning_rate, **flow_kwargs)
 
     def body(s, _):
         _, _, s_next = take_step(kind, opt, loss, s)
