@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jode.ode.explicit import Bosh3
+from jode.ode.explicit import Bosh3, Tsit5
 from jode.optim import compare as C
 from jode.optim.chebyshev import Chebyshev
 from jode.optim.rosenbrock import Ros2
@@ -36,15 +36,30 @@ from jode.optim.testfunctions import TEST_FUNCTIONS, local_minima_table
 NAME = "ode-optimizer"
 ORDER = 50
 
-#: Tolerances of the gradient flow on the test functions: one setting for all three.
-FLOW_TOL = {"flow": dict(rtol=1e-5, atol=1e-7), "flow-ros2": dict(rtol=1e-3, atol=1e-5)}
-LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
-#: Learning rates used in quick mode (the ones the full mode's tuning picked).
-QUICK_LR = {
-    "camel": {"sgd": 3e-3, "momentum": 1e-3, "adam": 3e-2},
-    "goldstein_price": {"sgd": 1e-3, "momentum": 1e-3, "adam": 3e-2},
-    "rosenbrock": {"sgd": 1e-3, "momentum": 1e-3, "adam": 3e-2},
+#: Optimizers on the test functions: name -> (kind, fixed settings, the value used without
+#: tuning). The hyperparameter is the learning rate for SGD, momentum and Adam and rtol for
+#: the flows; L-BFGS has none. The flows' errors are measured against the step taken
+#: (error_scale="step", see `jode.optim.gradient_flow`): one setting, rtol 0.1, serves all
+#: three functions (Ros2 keeps the classic scale).
+OPTIMIZERS_2D = {
+    "flow (Bosh3)": ("flow", dict(solver=Bosh3(), atol=1e-8, error_scale="step"), 0.1),
+    "flow (Tsit5)": ("flow", dict(solver=Tsit5(), atol=1e-8, error_scale="step"), 0.1),
+    "flow (Chebyshev)": (
+        "flow",
+        dict(solver=Chebyshev(stages=10), atol=1e-8, error_scale="step"),
+        0.1,
+    ),
+    "flow (Ros2)": ("flow-ros2", dict(solver=Ros2(), atol=1e-5), 1e-3),
+    "SGD": ("sgd", {}, None),
+    "momentum": ("momentum", {}, None),
+    "Adam": ("adam", {}, None),
+    "L-BFGS": ("lbfgs", {}, None),
 }
+#: The tuning grids: the same number of values (6) for every optimizer that has a knob.
+LR_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+RTOL_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+#: Learning rates used in quick mode (untuned).
+QUICK_LR = {"camel": 3e-2, "goldstein_price": 3e-2, "rosenbrock": 3e-2}
 TARGET = 1e-6
 
 
@@ -62,12 +77,12 @@ def grid_starts(test, n: int) -> jax.Array:
     return jnp.asarray(np.stack([gx.ravel(), gy.ravel()], axis=1), jnp.float64)
 
 
-def _summary(res, is_global, lr):
+def _summary(res, is_global, setting):
     hit = np.asarray(res.hit_iters) >= 0
     glob = hit & np.asarray(is_global)[np.asarray(res.nearest)]
     med = lambda a: float(np.median(np.asarray(a)[hit])) if hit.any() else None  # noqa: E731
     return dict(
-        learning_rate=lr,
+        setting=setting,  # the learning rate, or the flow's rtol
         starts=int(hit.size),
         reached=int(hit.sum()),
         reached_global=int(glob.sum()),
@@ -77,67 +92,82 @@ def _summary(res, is_global, lr):
     )
 
 
-def compare_function(key: str, n_grid: int, kinds, max_iters: int, tune: bool, n_timed: int):
-    """All optimizers on one test function from an n_grid² grid; returns a metrics dict."""
+def compare_function(key: str, n_grid: int, names, max_iters: int, tune: bool, n_timed: int):
+    """Optimizers on one test function from an n_grid² grid; returns a metrics dict.
+
+    With `tune`, each optimizer with a knob (learning rate, or the flows' rtol) is run at
+    every value of its 6-point grid and the value that reaches the global minimum from the
+    most starts is kept (ties: more starts reaching any minimum, then fewer median gradient
+    evaluations), the same rule and budget for all; every value's summary is kept under
+    "sweep". The flows are also reported at their untuned default ("default").
+    """
     test = TEST_FUNCTIONS[key]
     minima, values, is_global = local_minima_table(test)
     starts = grid_starts(test, n_grid)
     out = {}
-    for kind in kinds:
-        tol = FLOW_TOL.get(kind, {})
+    for name in names:
+        kind, fixed, default = OPTIMIZERS_2D[name]
+        is_flow = kind.startswith("flow")
 
-        def one(x, lr, kind=kind, tol=tol):
+        def one(x, knob, kind=kind, fixed=fixed, is_flow=is_flow):
+            knobs = dict(rtol=knob) if is_flow else dict(learning_rate=knob)
             return C.run_to_target(
                 kind,
                 test.fn,
                 x,
                 minima,
                 values,
-                learning_rate=lr,
                 max_iters=max_iters,
                 target=TARGET,
-                **tol,
+                **fixed,
+                **knobs,
             )
 
         batch = jax.jit(jax.vmap(one, in_axes=(0, None)))
-        needs_lr = kind in ("sgd", "momentum", "adam")
-        lrs = (LR_GRID if tune else (QUICK_LR[key][kind],)) if needs_lr else (1.0,)
-        best = None
-        for lr in lrs:
+        if kind == "lbfgs":
+            grid = (1.0,)  # unused
+        elif tune:
+            grid = RTOL_GRID if is_flow else LR_GRID
+        else:
+            grid = (default,) if is_flow else (QUICK_LR[key],)
+        best, sweep = None, []
+        for knob in grid:
             t = time.perf_counter()
-            res = jax.block_until_ready(batch(starts, jnp.asarray(lr, jnp.float64)))
-            s = _summary(res, is_global, lr if needs_lr else None)
+            res = jax.block_until_ready(batch(starts, jnp.asarray(knob, jnp.float64)))
+            s = _summary(res, is_global, None if kind == "lbfgs" else knob)
             s["batch_wall_s"] = time.perf_counter() - t
+            sweep.append(s)
             rank = (s["reached_global"], s["reached"], -(s["median_grad_evals"] or np.inf))
             if best is None or rank > best[0]:
-                best = (rank, s, res)
-        _, s, res = best
+                best = (rank, s, res, knob)
+        _, s, res, knob = best
+        s = dict(s, sweep=sweep)
+        if is_flow:
+            s["default"] = next((d for d in sweep if d["setting"] == default), None)
         # Wall time per start, single runs (jit once, then time n_timed starts).
-        lr = jnp.asarray(1.0 if s["learning_rate"] is None else s["learning_rate"], jnp.float64)
+        knob = jnp.asarray(knob, jnp.float64)
         single = jax.jit(one)
-        jax.block_until_ready(single(starts[0], lr))
+        jax.block_until_ready(single(starts[0], knob))
         hit_idx = np.flatnonzero(np.asarray(res.hit_iters) >= 0)
         walls = []
         for i in hit_idx[:: max(1, len(hit_idx) // max(n_timed, 1))][:n_timed]:
             t = time.perf_counter()
-            jax.block_until_ready(single(starts[i], lr))
+            jax.block_until_ready(single(starts[i], knob))
             walls.append(time.perf_counter() - t)
         s["median_wall_ms"] = float(np.median(walls) * 1e3) if walls else None
-        out[kind] = s
+        out[name] = s
     return out
 
 
-def _paths(key, kinds, lrs, x0, n_iters):
+def _paths(key, names, knobs, x0, n_iters):
     test = TEST_FUNCTIONS[key]
     paths = {}
-    for kind in kinds:
-        lr = lrs.get(kind)
-        f = jax.jit(
-            lambda x, kind=kind, lr=lr: C.trajectory(
-                kind, test.fn, x, n_iters, learning_rate=lr, **FLOW_TOL.get(kind, {})
-            )
-        )
-        paths[kind] = np.asarray(f(jnp.asarray(x0, jnp.float64)))
+    for name in names:
+        kind, fixed, _ = OPTIMIZERS_2D[name]
+        knob = knobs.get(name)
+        opts = dict(fixed, rtol=knob) if kind.startswith("flow") else dict(learning_rate=knob)
+        f = jax.jit(lambda x, kind=kind, opts=opts: C.trajectory(kind, test.fn, x, n_iters, **opts))
+        paths[name] = np.asarray(f(jnp.asarray(x0, jnp.float64)))
     return paths
 
 
@@ -160,12 +190,14 @@ def _contour(ax, key):
 
 
 COLORS = {
-    "flow": "C3",
-    "flow-ros2": "C5",
-    "sgd": "C0",
+    "flow (Bosh3)": "C3",
+    "flow (Tsit5)": "C6",
+    "flow (Chebyshev)": "C8",
+    "flow (Ros2)": "C5",
+    "SGD": "C0",
     "momentum": "C1",
-    "adam": "C2",
-    "lbfgs": "C4",
+    "Adam": "C2",
+    "L-BFGS": "C4",
 }
 
 
@@ -211,24 +243,30 @@ def path_gif(out_dir: Path, key: str, paths: dict, frames: int):
 # 2. Networks: digits 0-4 (and MNIST 0-4 when present), XOR
 # --------------------------------------------------------------------------------------
 
-#: Training optimizers: (kind, learning-rate grid or None, extra keyword arguments).
+#: Training optimizers: (kind, grid of the tuned knob or None, fixed keyword arguments). The
+#: knob is the learning rate for Adam and SGD and rtol for the flows (with atol = rtol/10);
+#: each grid has 5 values and is searched by the same rule (best validation loss, seed 0).
+#: "patience 50 evals" counts the early-stopping patience in gradient evaluations instead of
+#: iterations: the same rule for Adam and SGD, whose iteration is one evaluation.
+FLOW_RTOL_GRID = (1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 TRAIN_OPTIMIZERS = {
     "adam": ("adam", (1e-3, 3e-3, 1e-2, 3e-2, 1e-1), {}),
-    "flow (Chebyshev)": ("flow", None, dict(rtol=3e-2, atol=3e-3, solver=Chebyshev(stages=10))),
-    # The same, with the early-stopping patience counted in gradient evaluations (50).
+    "flow (Chebyshev)": ("flow", FLOW_RTOL_GRID, dict(solver=Chebyshev(stages=10))),
     "flow (Chebyshev), patience 50 evals": (
         "flow",
-        None,
-        dict(rtol=3e-2, atol=3e-3, solver=Chebyshev(stages=10), patience_unit="grad_evals"),
+        FLOW_RTOL_GRID,
+        dict(solver=Chebyshev(stages=10), patience_unit="grad_evals"),
     ),
-    "flow (Bosh3)": ("flow", None, dict(rtol=1e-3, atol=1e-4, solver=Bosh3())),
+    "flow (Bosh3)": ("flow", FLOW_RTOL_GRID, dict(solver=Bosh3())),
     "flow (Ros2)": (
         "flow-ros2",
-        None,
-        dict(rtol=1e-2, atol=1e-3, solver=Ros2(krylov_steps=5, krylov_rtol=1e-2)),
+        FLOW_RTOL_GRID,
+        dict(solver=Ros2(krylov_steps=5, krylov_rtol=1e-2)),
     ),
-    "sgd": ("sgd", (0.1, 0.3, 1.0, 3.0), {}),
+    "sgd": ("sgd", (0.1, 0.3, 1.0, 3.0, 10.0), {}),
 }
+#: Quick mode: two optimizers, untuned (the values the full mode's tuning picked).
+QUICK_TRAIN = {"adam": 1e-1, "flow (Chebyshev), patience 50 evals": 1.0}
 
 
 def split_per_class(x, y, n_train: int, n_val: int, seed: int):
@@ -274,27 +312,27 @@ def accuracy(params, x, y):
 
 
 def train_compare(data, sizes, seeds, optimizers, max_iters: int, progress=None):
-    """Each optimizer on each seed (initialization); learning rates tuned on the validation
-    loss of the first seed. Optimizers run in the given order; every one after "adam" also
-    records when its validation loss first reached Adam's (mean) best validation loss.
-    Returns per-optimizer means and per-seed records."""
+    """Each optimizer on each seed (initialization).
+
+    Its knob (learning rate, or the flow's rtol) is tuned on the validation loss of the
+    first seed. Optimizers run in the given order; every one after "adam" also records when
+    its validation loss first reached Adam's (mean) best validation loss. Returns
+    per-optimizer means and per-seed records."""
     train, val, test = data
     out = {}
     target = None
     for name, (kind, lrs, kw) in optimizers.items():
-        run = jax.jit(
-            lambda p, lr, tgt, kind=kind, kw=kw: C.train_early_stopping(
-                kind,
-                xent,
-                p,
-                train,
-                val,
-                learning_rate=lr,
-                val_target=tgt,
-                max_iters=max_iters,
-                **kw,
+
+        def one(p, knob, tgt, kind=kind, kw=kw):
+            if kind.startswith("flow"):
+                knobs = dict(rtol=knob, atol=0.1 * knob)
+            else:
+                knobs = dict(learning_rate=knob)
+            return C.train_early_stopping(
+                kind, xent, p, train, val, val_target=tgt, max_iters=max_iters, **knobs, **kw
             )
-        )
+
+        run = jax.jit(one)
         p0 = init_mlp(jax.random.PRNGKey(seeds[0]), sizes)
         f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
         tgt = f32(-np.inf if target is None else target)
@@ -335,7 +373,7 @@ def train_compare(data, sizes, seeds, optimizers, max_iters: int, progress=None)
                 progress.update(1)
         mean = lambda k: float(np.mean([r[k] for r in records]))  # noqa: E731
         out[name] = dict(
-            learning_rate=lr,
+            setting=lr,
             compile_s=compile_s,
             test_accuracy=mean("test_accuracy"),
             test_accuracy_std=float(np.std([r["test_accuracy"] for r in records])),
@@ -415,22 +453,28 @@ def run_functions(out_dir: Path, quick: bool) -> dict:
     jax.config.update("jax_enable_x64", True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics: dict = {"target": TARGET, "flow_tolerances": FLOW_TOL}
+    metrics: dict = {
+        "target": TARGET,
+        "settings": {
+            k: dict(kind=v[0], default=v[2], **{a: repr(b) for a, b in v[1].items()})
+            for k, v in OPTIMIZERS_2D.items()
+        },
+    }
 
     keys = ("camel",) if quick else ("camel", "goldstein_price", "rosenbrock")
-    kinds = ("flow", "adam") if quick else C.KINDS
+    names = ("flow (Bosh3)", "Adam") if quick else tuple(OPTIMIZERS_2D)
     n_grid, max_iters = (6, 500) if quick else (21, 3000)
     functions = {}
     for key in tqdm(keys, desc="test functions"):
         functions[key] = compare_function(
-            key, n_grid, kinds, max_iters, tune=not quick, n_timed=0 if quick else 25
+            key, n_grid, names, max_iters, tune=not quick, n_timed=0 if quick else 25
         )
     metrics["test_functions"] = functions
     starts = {"camel": (-1.5, -0.8), "goldstein_price": (-1.5, 1.5), "rosenbrock": (-1.5, 2.5)}
     all_paths = {}
     for key in keys:
-        lrs = {k: v["learning_rate"] for k, v in functions[key].items()}
-        all_paths[key] = _paths(key, kinds, lrs, starts[key], 40 if quick else 80)
+        knobs = {k: v["setting"] for k, v in functions[key].items()}
+        all_paths[key] = _paths(key, names, knobs, starts[key], 40 if quick else 80)
     path_figure(out_dir, all_paths)
     path_gif(out_dir, "camel", all_paths["camel"], 8 if quick else 60)
     return metrics
@@ -444,15 +488,14 @@ def run_networks(out_dir: Path, quick: bool) -> dict:
     metrics: dict = {}
 
     seeds = (0,) if quick else (0, 1, 2, 3, 4)
-    optimizers = (
-        {k: TRAIN_OPTIMIZERS[k] for k in ("adam", "flow (Chebyshev)")}
-        if quick
-        else TRAIN_OPTIMIZERS
-    )
-    if quick:
+    if quick:  # untuned: the values the full mode's tuning picked
         optimizers = {
-            k: (v[0], None if v[1] is None else (3e-2,), v[2]) for k, v in optimizers.items()
+            k: (v[0], (QUICK_TRAIN[k],), v[2])
+            for k, v in TRAIN_OPTIMIZERS.items()
+            if k in QUICK_TRAIN
         }
+    else:
+        optimizers = TRAIN_OPTIMIZERS
     with tqdm(total=len(seeds) * len(optimizers), desc="digits 0-4") as bar:
         digits = train_compare(
             digits_data(0),
@@ -463,13 +506,21 @@ def run_networks(out_dir: Path, quick: bool) -> dict:
             progress=bar,
         )
     metrics["digits"] = digits
-    flow, adam = digits["flow (Chebyshev)"], digits["adam"]
-    to_target = flow.get("wall_s_to_adam_val_loss")
-    metrics["digits_flow_vs_adam"] = dict(
-        accuracy_difference_points=100 * (flow["test_accuracy"] - adam["test_accuracy"]),
-        wall_time_ratio=flow["wall_s"] / adam["wall_s"],
-        wall_time_ratio_to_adam_val_loss=None if to_target is None else to_target / adam["wall_s"],
-    )
+    adam = digits["adam"]
+    metrics["digits_flow_vs_adam"] = {}
+    for name in ("flow (Chebyshev)", "flow (Chebyshev), patience 50 evals"):
+        if name not in digits:
+            continue
+        flow = digits[name]
+        to_target = flow.get("wall_s_to_adam_val_loss")
+        metrics["digits_flow_vs_adam"][name] = dict(
+            accuracy_difference_points=100 * (flow["test_accuracy"] - adam["test_accuracy"]),
+            grad_eval_ratio=flow["grad_evals"] / adam["grad_evals"],
+            wall_time_ratio=flow["wall_s"] / adam["wall_s"],
+            wall_time_ratio_to_adam_val_loss=None
+            if to_target is None
+            else to_target / adam["wall_s"],
+        )
     if os.environ.get("JODE_MNIST_DIR") and not quick:
         from jode.data import load_mnist
 
@@ -485,13 +536,18 @@ def run_networks(out_dir: Path, quick: bool) -> dict:
 
 def _write_report(out_dir: Path, metrics: dict):
     parts = []
-    for key, rows in metrics["test_functions"].items():
+    for key, by_name in metrics["test_functions"].items():
+        rows = {}
+        for name, r in by_name.items():
+            rows[name] = r
+            if r.get("default") is not None and r["default"]["setting"] != r["setting"]:
+                rows[f"{name}, untuned"] = dict(r["default"], median_wall_ms=None)
         parts.append(
             f"### {key}\n\n"
             + _table(
                 rows,
                 [
-                    "learning_rate",
+                    "setting",
                     "reached",
                     "reached_global",
                     "median_iterations",
@@ -505,7 +561,7 @@ def _write_report(out_dir: Path, metrics: dict):
         + _table(
             metrics["digits"],
             [
-                "learning_rate",
+                "setting",
                 "test_accuracy",
                 "test_accuracy_std",
                 "best_val_loss",
