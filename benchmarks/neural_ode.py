@@ -141,9 +141,24 @@ def jax_steps(ts_batch):
 
         return solve
 
+    def layer_solve(adjoint):
+        # The same solve through the neural-ODE layer (jode.nn.NeuralODE), to show what the
+        # layer adds on top of jode.solve: nothing once jitted (same traced program).
+        from jode.nn import NeuralODE
+
+        def solve(p, y0):
+            node = NeuralODE(
+                field, t1=t_end, solver=jode.Dopri5(), rtol=RTOL, atol=ATOL, adjoint=adjoint
+            )
+            return node.solve(y0, ts, args=p).ys
+
+        return solve
+
+    t_end = float(ts_batch[-1])
     del eqx
     return {
         "jode DirectAdjoint": make(jode_solve(jode.DirectAdjoint())),
+        "jode.nn NeuralODE DirectAdjoint": make(layer_solve(jode.DirectAdjoint())),
         "jode BacksolveAdjoint": make(jode_solve(jode.BacksolveAdjoint())),
         "diffrax RecursiveCheckpointAdjoint": make(diffrax_solve(dfx.RecursiveCheckpointAdjoint())),
         "diffrax BacksolveAdjoint": make(diffrax_solve(dfx.BacksolveAdjoint())),

@@ -16,12 +16,13 @@ from ..data.toy import sample_density, spirals
 from ..nn.cnf import CNF, gaussian_baseline
 from ..nn.latent import LatentODE, RNNBaseline
 from ..nn.neural_ode import MLPField
-from ..ode.explicit import RK4
+from ..ode.explicit import RK4, Tsit5
 
 
-def _fit(model, loss_fn, n_iter, lr, key, desc, progress=True):
-    """Adam on loss_fn(model, key); returns (model, losses, seconds)."""
-    opt = optax.adam(lr)
+def _fit(model, loss_fn, n_iter, lr, key, desc, progress=True, cosine=False):
+    """Adam on loss_fn(model, key) (learning rate constant, or cosine-decayed to 0 over
+    n_iter); returns (model, losses, seconds)."""
+    opt = optax.adam(optax.cosine_decay_schedule(lr, n_iter) if cosine else lr)
     state = opt.init(eqx.filter(model, eqx.is_array))
 
     @eqx.filter_jit
@@ -116,11 +117,23 @@ def train_latent(key, *, n_train, n_test, n_obs, n_total, n_iter, lr=1e-2, progr
 
 
 def train_cnf(
-    key, name, *, n_iter, batch, n_steps, width=64, depth=3, lr=3e-3, n_test=2000, progress=True
+    key,
+    name,
+    *,
+    n_iter,
+    batch,
+    n_steps,
+    width=64,
+    depth=3,
+    lr=3e-3,
+    n_test=2000,
+    eval_tol=1e-5,
+    progress=True,
 ):
     """A CNF (exact trace, RK4 with n_steps) by maximum likelihood on fresh samples of the
-    density `name`; returns metrics (held-out log-likelihood vs the Gaussian baseline) and
-    the trained model."""
+    density `name` (Adam, cosine-decayed learning rate); returns metrics (held-out
+    log-likelihood, evaluated by Tsit5 at rtol = atol = eval_tol, vs the Gaussian baseline
+    fitted to 20,000 training samples) and the trained model."""
     k_model, k_fit, k_test, k_train = jr.split(key, 4)
     field = MLPField(2, width, depth, key=k_model, final_scale=0.1)
     cnf = CNF(field, solver=RK4(), n_steps=n_steps, trace="exact")
@@ -131,12 +144,21 @@ def train_cnf(
 
     x_test = sample_density(name, k_test, n_test)
     ll_init = float(jnp.mean(eqx.filter_jit(lambda m: m.log_prob(x_test))(cnf)))
-    cnf, losses, seconds = _fit(cnf, loss, n_iter, lr, k_fit, f"CNF {name}", progress)
-    ll = float(jnp.mean(eqx.filter_jit(lambda m: m.log_prob(x_test))(cnf)))
+    cnf, losses, seconds = _fit(cnf, loss, n_iter, lr, k_fit, f"CNF {name}", progress, cosine=True)
+    ll_train_solver = float(jnp.mean(eqx.filter_jit(lambda m: m.log_prob(x_test))(cnf)))
+    # The held-out figure is computed with a tight adaptive solve of the trained field, so
+    # that the fixed-step discretization used in training cannot inflate the likelihood.
+    tight = CNF(cnf.func, solver=Tsit5(), rtol=eval_tol, atol=eval_tol, trace="exact")
+    ll = float(jnp.mean(eqx.filter_jit(lambda m: m.log_prob(x_test))(tight)))
     x_train = sample_density(name, k_train, 20000)
     ll_gauss = float(gaussian_baseline(x_train, x_test))
     return {
         "cnf_test_ll": ll,
+        "cnf_test_ll_training_solver": ll_train_solver,
+        "eval_tol": eval_tol,
+        "n_iter": n_iter,
+        "batch": batch,
+        "n_steps": n_steps,
         "cnf_init_test_ll": ll_init,
         "gaussian_test_ll": ll_gauss,
         "margin_nats": ll - ll_gauss,
