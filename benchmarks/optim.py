@@ -6,7 +6,8 @@
    compile time, gradient evaluations.
 2. Cost of one optimizer step on the digits 0-4 MLP (64-32-5, 500 images, float32):
    gradient_flow (Bosh3, Tsit5) vs optax Adam vs a bare value_and_grad.
-3. The digits 0-4 training protocol (early stopping): flow vs Adam wall time.
+3. The digits 0-4 training protocol (early stopping): flow vs Adam wall time, with the
+   patience counted in iterations (the article's rule) and in gradient evaluations.
 
     python benchmarks/optim.py [--quick]
 """
@@ -145,7 +146,7 @@ def step_cost(quick):
             "gradient_flow Chebyshev(10)",
             "flow",
             None,
-            dict(rtol=3e-2, atol=3e-3, solver=optim.Chebyshev(stages=10)),
+            dict(rtol=1.0, atol=0.1, solver=optim.Chebyshev(stages=10)),
         ),
     ]:
         if kind is None:
@@ -177,13 +178,60 @@ def step_cost(quick):
 
 
 def protocol(quick):
+    """Adam and the Chebyshev flow at the settings the experiment's tuning picked."""
     seeds = (0,) if quick else (0, 1, 2)
+    cheb = exp.TRAIN_OPTIMIZERS["flow (Chebyshev)"]
+    cheb_evals = exp.TRAIN_OPTIMIZERS["flow (Chebyshev), patience 50 evals"]
     opts = {
-        "adam": ("adam", (3e-2,), {}),
-        "flow (Chebyshev)": exp.TRAIN_OPTIMIZERS["flow (Chebyshev)"],
-        "flow (Bosh3)": exp.TRAIN_OPTIMIZERS["flow (Bosh3)"],
+        "adam": ("adam", (1e-1,), {}),
+        "flow (Chebyshev)": (cheb[0], (1.0,), cheb[2]),
+        "flow (Chebyshev), patience 50 evals": (cheb_evals[0], (1.0,), cheb_evals[2]),
     }
     return exp.train_compare(exp.digits_data(0), (64, 32, 5), seeds, opts, max_iters=5000)
+
+
+def protocol_wall(quick, repeats: int = 7):
+    """Wall time of the whole digits protocol, interleaved and min-of-`repeats` per seed.
+
+    On a shared machine one timing is noise; running the optimizers in turn, `repeats` times
+    for each initialization, and keeping each one's fastest run compares them under the same
+    load. Returns name -> (sum over seeds of the fastest wall s, mean gradient evaluations).
+    """
+    train, val, _ = exp.digits_data(0)
+    f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+    cheb = optim.Chebyshev(stages=10)
+    setups = {
+        "adam": ("adam", dict(learning_rate=f32(0.1))),
+        "flow (Chebyshev)": ("flow", dict(rtol=1.0, atol=0.1, solver=cheb)),
+        "flow (Chebyshev), patience 50 evals": (
+            "flow",
+            dict(rtol=1.0, atol=0.1, solver=cheb, patience_unit="grad_evals"),
+        ),
+    }
+    runs = {
+        name: jax.jit(
+            lambda p, kind=kind, kw=kw: compare.train_early_stopping(
+                kind, exp.xent, p, train, val, max_iters=5000, **kw
+            )
+        )
+        for name, (kind, kw) in setups.items()
+    }
+    seeds = (0,) if quick else (0, 1, 2, 3, 4)
+    total = dict.fromkeys(runs, 0.0)
+    evals = {name: [] for name in runs}
+    for seed in seeds:
+        p0 = exp.init_mlp(jax.random.PRNGKey(seed), (64, 32, 5))
+        best = dict.fromkeys(runs, np.inf)
+        for name, run in runs.items():
+            evals[name].append(int(jax.block_until_ready(run(p0)).grad_evals))  # + compile
+        for _ in range(3 if quick else repeats):
+            for name, run in runs.items():
+                t = time.perf_counter()
+                jax.block_until_ready(run(p0))
+                best[name] = min(best[name], time.perf_counter() - t)
+        for name in runs:
+            total[name] += best[name]
+    return {name: (total[name], float(np.mean(evals[name]))) for name in runs}
 
 
 def main():
@@ -219,9 +267,12 @@ def main():
             f"{r['grad_evals']:.0f} | {r['wall_s']:.3f} | {'-' if to is None else f'{to:.3f}'} | "
             f"{r['compile_s']:.1f} |"
         )
-    for name in ("flow (Chebyshev)", "flow (Bosh3)"):
-        ratio = res[name]["wall_s"] / res["adam"]["wall_s"]
-        print(f"\nwall-time ratio {name} / Adam: {ratio:.1f}x (whole protocol)")
+    print("\n## 4. Digits 0-4 protocol, interleaved min-of-7 wall times per seed (seeds 0-4)\n")
+    print("| optimizer | wall s (sum of per-seed minima) | gradient evals (mean) | ratio to Adam |")
+    print("|---|---|---|---|")
+    walls = protocol_wall(quick)
+    for name, (wall, ev) in walls.items():
+        print(f"| {name} | {wall:.3f} | {ev:.0f} | {wall / walls['adam'][0]:.2f}x |")
 
 
 if __name__ == "__main__":
