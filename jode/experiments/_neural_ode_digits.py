@@ -266,8 +266,9 @@ if __name__ == "__main__":
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--models", default="odenet,resnet,mlp")
     p.add_argument("--out", required=True)
+    p.add_argument("--save", help="write the trained ODE-Net here (equinox leaves)")
     a = p.parse_args()
-    rows, _, _ = digits_table(
+    rows, trained, _ = digits_table(
         a.seed,
         channels=a.channels,
         res_blocks=a.res_blocks,
@@ -280,6 +281,8 @@ if __name__ == "__main__":
         eval_every=10,
         log=lambda e, h: print(e, h["loss"][-1], h["epoch_test_acc"][-1:], flush=True),
     )
+    if a.save and "odenet" in trained:
+        eqx.tree_serialise_leaves(a.save, trained["odenet"])
     recipe = vars(a)
     with open(a.out, "w") as fh:
         json.dump({"recipe": recipe, "rows": rows}, fh, indent=1)

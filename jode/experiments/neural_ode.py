@@ -44,7 +44,7 @@ QUICK = dict(
     cnf=dict(n_iter=20, batch=128, n_steps=4, width=32),
 )
 FULL = dict(
-    channels=32,
+    channels=64,
     recipe=dict(epochs=60, lr=3e-3, weight_decay=1e-4, augment=True),
     mlp_hidden=256,
     res_blocks=6,
