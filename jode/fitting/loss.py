@@ -188,11 +188,13 @@ class TrajectoryLoss(eqx.Module):
         opts.update(overrides)
         return opts
 
-    def predict(self, theta, ts=None, *, t0=None, **overrides):
+    def predict(self, theta, ts=None, *, t0=None, t_freeze=None, **overrides):
         """The model's solution at `ts` (default: the data's times), shape (len(ts), d).
 
         Non-finite θ (an optimizer's trial point gone wrong) or a failed solve give NaN
         predictions, never a raised error: the optimizer then rejects the point.
+        With `t_freeze`, the vector field is zero from that time on (the state stays put):
+        a window's loss then does not depend on, nor overflow in, the span it masks.
         """
         ok = _all_finite(theta)
         theta = jax.tree.map(lambda x: jnp.where(jnp.isfinite(x), x, 0.0), theta)
@@ -201,7 +203,11 @@ class TrajectoryLoss(eqx.Module):
         t0 = self.t0 if t0 is None else t0
         opts = self.options(**overrides)
         opts.setdefault("throw", False)
-        sol = solve(self.vector_field, y0, t0, ts[-1], args, saveat=ts, **opts)
+        if t_freeze is None:
+            sol = solve(self.vector_field, y0, t0, ts[-1], args, saveat=ts, **opts)
+        else:
+            field = _Frozen(self.vector_field)
+            sol = solve(field, y0, t0, ts[-1], (args, t_freeze), saveat=ts, **opts)
         good = ok & (sol.status == 0) & jnp.all(jnp.isfinite(sol.ys))
         return jnp.where(good, sol.ys, jnp.nan)
 
@@ -223,10 +229,18 @@ class TrajectoryLoss(eqx.Module):
         sq = jnp.where(mask, res**2, 0.0)
         return jnp.sum(sq) / count
 
+    def freeze_time(self, t_end):
+        """The first observation time after the window end T (inf if none): the solve of a
+        window's loss stops changing the state there, so a trial model that diverges past
+        the window (a network outside the states it was fitted on, or a chaotic system)
+        gives neither overflow nor NaN gradients from data the window does not use."""
+        return jnp.min(jnp.where(self.ts > t_end, self.ts, jnp.inf))
+
     def __call__(self, theta, t_end=None):
         """L(θ; T): the mean square residual over observations up to T (default all)."""
-        t_end = jnp.inf if t_end is None else t_end
-        pred = self.predict(theta)
+        if t_end is None:
+            return self.masked_mean(self._residual_matrix(self.predict(theta)), jnp.inf)
+        pred = self.predict(theta, t_freeze=self.freeze_time(t_end))
         return self.masked_mean(self._residual_matrix(pred), t_end)
 
     # --- the interface every fit phase uses: params <-> θ ---------------------------
@@ -357,6 +371,17 @@ class MultipleShootingLoss(eqx.Module):
         active = (base.ts[rows[1:, 0]] <= t_end)[:, None]
         cont = jnp.sum(jnp.where(active, gaps**2, 0.0)) / (self.segments - 1)
         return fit_term + self.penalty * cont
+
+
+class _Frozen(eqx.Module):
+    """f(t, y, (args, t_freeze)) = f(t, y, args) before t_freeze, 0 from then on."""
+
+    vector_field: Callable = eqx.field(static=True)
+
+    def __call__(self, t, y, args):
+        args, t_freeze = args
+        dy = self.vector_field(t, y, args)
+        return jax.tree.map(lambda v: jnp.where(t < t_freeze, v, jnp.zeros_like(v)), dy)
 
 
 def _all_finite(tree):
