@@ -312,6 +312,7 @@ def test_run_to_target_counts_match_adam_reference():
     assert 10 < k < 3000
     assert int(res.hit_iters) == k
     assert int(res.hit_nfev) == k + 1
+    assert int(res.hit_nhvp) == 0
     np.testing.assert_allclose(np.asarray(res.params), np.asarray(p), rtol=1e-12)
 
 

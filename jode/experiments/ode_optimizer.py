@@ -89,6 +89,7 @@ def _summary(res, is_global, setting):
         fraction_global=float(glob.mean()),
         median_iterations=med(res.hit_iters),
         median_grad_evals=med(res.hit_nfev),
+        median_hvps=med(res.hit_nhvp),
     )
 
 
@@ -552,6 +553,7 @@ def _write_report(out_dir: Path, metrics: dict):
                     "reached_global",
                     "median_iterations",
                     "median_grad_evals",
+                    "median_hvps",
                     "median_wall_ms",
                 ],
             )

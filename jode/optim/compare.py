@@ -61,15 +61,25 @@ def make_optimizer(
     raise ValueError(f"kind must be one of {KINDS}; got kind={kind!r}")
 
 
+def _flow_state(opt_state) -> FlowState:
+    return [
+        s
+        for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, FlowState))
+        if isinstance(s, FlowState)
+    ][0]
+
+
+def _hvps(kind, opt_state):
+    """Hessian-vector products spent so far (the Ros2 flow's linear solves; 0 for others)."""
+    if kind in ("flow", "flow-ros2"):
+        return _flow_state(opt_state).nhvp
+    return jnp.zeros((), jnp.int32)
+
+
 def _grad_evals(kind, opt_state, k, ls_total):
     """Gradient evaluations spent so far, the current point's included."""
     if kind in ("flow", "flow-ros2"):
-        flow = [
-            s
-            for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, FlowState))
-            if isinstance(s, FlowState)
-        ][0]
-        return flow.nfev + 1
+        return _flow_state(opt_state).nfev + 1
     if kind == "lbfgs":
         return ls_total + 1
     return k + 1
@@ -113,6 +123,7 @@ class RunResult(NamedTuple):
 
     hit_iters: jax.Array
     hit_nfev: jax.Array
+    hit_nhvp: jax.Array  # Hessian-vector products by then (Ros2 flow only)
     params: jax.Array
     value: jax.Array
     nearest: jax.Array  # index of the minimum nearest to the final point
@@ -156,20 +167,27 @@ def run_to_target(
         return jnp.argmin(jnp.sum((minima - x) ** 2, axis=-1))
 
     def cond(c):
-        s, hit_k, _ = c
+        s, hit_k, _, _ = c
         return (s.k < max_iters) & (hit_k < 0)
 
     def body(c):
-        s, hit_k, hit_nfev = c
+        s, hit_k, hit_nfev, hit_nhvp = c
+        nhvp = _hvps(kind, s.opt_state)
         value, nfev, s_next = take_step(kind, opt, loss, s)
         hit = jnp.isfinite(value) & (value - f_minima[nearest(s.params)] < target)
         # On target: keep the point that hit it (its iteration count is the answer).
         s_out = jax.tree.map(lambda a, b: jnp.where(hit, a, b), s, s_next)
-        return s_out, jnp.where(hit, s.k, hit_k), jnp.where(hit, nfev, hit_nfev)
+        return (
+            s_out,
+            jnp.where(hit, s.k, hit_k),
+            jnp.where(hit, nfev, hit_nfev),
+            jnp.where(hit, nhvp, hit_nhvp),
+        )
 
     minus = jnp.asarray(-1, jnp.int32)
-    s, hit_k, hit_nfev = jax.lax.while_loop(cond, body, (init_step(opt, x0), minus, minus))
-    return RunResult(hit_k, hit_nfev, s.params, loss(s.params), nearest(s.params))
+    init = (init_step(opt, x0), minus, minus, minus)
+    s, hit_k, hit_nfev, hit_nhvp = jax.lax.while_loop(cond, body, init)
+    return RunResult(hit_k, hit_nfev, hit_nhvp, s.params, loss(s.params), nearest(s.params))
 
 
 def trajectory(kind, loss, x0, n_iters, *, learning_rate=None, **flow_kwargs):
