@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
+import pytest
 import scipy.linalg
 import scipy.stats
 
@@ -88,3 +89,25 @@ def test_cnf_learns_eight_gaussians():
         params = train(params, jr.key(2))
     ll1 = float(jnp.mean(eqx.combine(params, static).log_prob(x_test)))
     assert ll1 > ll0 + 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["two_moons", "eight_gaussians", "checkerboard"])
+def test_cnf_beats_gaussian_baseline(name):
+    """The acceptance configuration of `jode reproduce neural-ode` (float32, 1,000 Adam
+    steps, batch 256; minutes per density): the held-out log-likelihood, computed with a
+    tight adaptive solve, beats the fitted Gaussian's by more than 0.3 nats."""
+    from jode.experiments._neural_ode_generative import train_cnf
+
+    names = ["two_moons", "eight_gaussians", "checkerboard"]
+    with jax.enable_x64(False), jax.numpy_dtype_promotion("standard"):
+        metrics, _ = train_cnf(
+            jr.fold_in(jr.key(3), names.index(name)),
+            name,
+            n_iter=1000,
+            batch=256,
+            n_steps=4,
+            width=64,
+            progress=False,
+        )
+    assert metrics["margin_nats"] > 0.3
