@@ -196,7 +196,7 @@ def _progress(total, enabled, desc):
 
 
 def _compiled(stage, chunk: int, batched: bool):
-    """(init, chunk, value) functions of (stage, loss, ...), jitted once per stage type and
+    """(init, chunk) functions of (stage, loss, ...), jitted once per stage type and
     static options: the stage's numbers and the loss's arrays are arguments (traced), the
     model and solver options static, so new data, step budgets or learning rates reuse the
     compiled code."""
@@ -213,14 +213,10 @@ def _compiled_for(kind, structure, chunk: int, batched: bool):
     def chunk_fn(st, lo, s, a):
         return run_chunk(lo, st, s, a, chunk)
 
-    def value_fn(lo, p, a):
-        return lo(p, a)
-
     if batched:
         init_fn = jax.vmap(init_fn, in_axes=(None, None, 0, None))
         chunk_fn = jax.vmap(chunk_fn, in_axes=(None, None, 0, None))
-        value_fn = jax.vmap(value_fn, in_axes=(None, 0, None))
-    return jax.jit(init_fn), jax.jit(chunk_fn), jax.jit(value_fn)
+    return jax.jit(init_fn), jax.jit(chunk_fn)
 
 
 def fit(
@@ -309,7 +305,7 @@ def fit(
         phase_ends = list(np.cumsum([len(h) for h in history[:first_phase]]))
     for k in range(first_phase, len(phases)):
         phase = phases[k]
-        init_fn, chunk_fn, value_fn = compiled(phase)
+        init_fn, chunk_fn = compiled(phase)
         aux = jnp.asarray(phase.t_end, jnp.result_type(float))
         if k == first_phase and resumed_state is not None:
             state = resumed_state
@@ -344,12 +340,13 @@ def fit(
     if bar is not None:
         bar.close()
 
-    # The final loss of every start, on the whole span.
+    # The final loss of every start, on the whole span: the last phase's (already compiled)
+    # init evaluates it, so no separate program of the loss is compiled.
     final_phase = phases[-1]
-    losses = np.asarray(compiled(final_phase)[2](
-        final_phase.loss, params_for(len(phases) - 1, theta),
+    losses = np.asarray(compiled(final_phase)[0](
+        final_phase.stage, final_phase.loss, params_for(len(phases) - 1, theta),
         jnp.asarray(jnp.inf, jnp.result_type(float)),
-    ))
+    ).value)
     best = int(np.nanargmin(losses)) if batched else 0
     best_theta = jax.tree.map(lambda x: x[best], theta) if batched else theta
     last_status = statuses[-1][best] if batched else statuses[-1]

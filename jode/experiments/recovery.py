@@ -7,12 +7,15 @@ at the truth), that the Gauss-Newton 95% intervals cover the truth, and how far 
 Lorenz model predicts. Then fits Lotka-Volterra to the Hudson's Bay lynx-hare pelts with
 standard errors, and trains a universal differential equation.
 
-Quick mode: Lotka-Volterra (noise-free and one seed) and the lynx-hare fit. Full mode: all
-three systems with 5 seeds, the Lorenz horizon, the UDE.
+Quick mode: Lotka-Volterra (noise-free and one seed), the lynx-hare fit, and the UDE
+trained on t ≤ 3. Full mode: all three systems with 5 seeds, the Lorenz horizon, the UDE on
+t ≤ 10 (noise-free and noise seed 0).
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import jax
@@ -164,40 +167,125 @@ def _lynx_hare(out_dir, progress):
     return report
 
 
-def _ude(out_dir, quick, progress):
+def _ude_one(U, system, seed, config, progress):
+    """Train the UDE on one data set; (metrics, artefacts for the figure)."""
+    data = R.make_data(system, seed)
+    clean = R.make_data(system, None)
+    ts = system.ts
+    field, loss, res = U.train_ude(ts, data, system.truth[:2], config, progress=progress)
+    train = ts <= config.t1 + 1e-9
+    # The states the data visits (the true trajectory at the observed times): there the
+    # learned terms are compared with −βxy and γxy.
+    on_train = U.term_errors(field, res.params, clean[train])
+    on_all = U.term_errors(field, res.params, clean)
+    pred = np.asarray(loss.predict(res.params, jnp.asarray(ts)))
+    dev_truth = np.max(np.abs(pred - clean), axis=1)
+    metrics = dict(
+        noise_seed=seed, t1=config.t1, windows=list(config.windows),
+        lbfgs_steps_per_window=config.lbfgs_steps, width=config.width, depth=config.depth,
+        rk4_dt=config.dt, n_weights=int(sum(x.size for x in jax.tree.leaves(res.params))),
+        terms_on_training_states=on_train, terms_on_states_to_t10=on_all,
+        max_rel_l2_error=max(on_train["rel_l2"]), max_rel_max_error=max(on_train["rel_max"]),
+        trajectory_rmse_vs_data=float(np.sqrt(np.mean((pred[train] - data[train]) ** 2))),
+        trajectory_max_dev_from_truth_train=float(dev_truth[train].max()),
+        trajectory_max_dev_from_truth_to_t10=float(dev_truth.max()),
+        loss=res.loss, iterations=int(len(res.history)), status=res.status.name.lower(),
+        wall_time_s=res.wall_time,
+    )
+    return metrics, dict(field=field, loss=loss, res=res, data=data, clean=clean, train=train)
+
+
+def _fig_ude(U, runs, out_dir):
+    """Per run: the trajectory against the data, and each learned term against the true
+    one along the true trajectory."""
+    plt = pyplot()
+    ts = R.SYSTEMS["lotka_volterra"].ts
+    fig, axes = plt.subplots(len(runs), 3, figsize=(14, 3.8 * len(runs)), squeeze=False)
+    for row, (label, art) in zip(axes, runs.items(), strict=True):
+        train = art["train"]
+        fine = np.linspace(0.0, ts[-1], 800)
+        pred = np.asarray(art["loss"].predict(art["res"].params, jnp.asarray(fine)))
+        t_end = float(ts[train][-1])
+        for j, name in enumerate(("x (prey)", "y (predator)")):
+            row[0].plot(ts, art["data"][:, j], ".", ms=3, color=f"C{j}", alpha=0.6)
+            row[0].plot(fine, pred[:, j], "-", color=f"C{j}", label=f"UDE {name}")
+        if t_end < ts[-1]:
+            row[0].axvline(t_end, color="gray", ls="-.", lw=0.8, label="end of training data")
+        top = 1.3 * float(np.max(art["data"]))  # an extrapolation that diverges stays readable
+        row[0].set_ylim(-0.05 * top, top)
+        row[0].set_title(f"{label}: UDE trajectory vs data")
+        row[0].set_xlabel("t")
+        row[0].legend(fontsize=7)
+        learned = U.learned_terms(art["field"], art["res"].params, art["clean"])
+        true = U.true_terms(art["clean"])
+        for j, (ax, name) in enumerate(zip(row[1:], ("U₁ vs −βxy", "U₂ vs γxy"), strict=True)):
+            ax.plot(ts, true[:, j], "k-", lw=1.2, label="true term")
+            ax.plot(ts, learned[:, j], "C3--", lw=1.2, label="learned network")
+            err = np.abs(learned[train, j] - true[train, j]).max() / np.abs(true[train, j]).max()
+            ax.set_title(f"{name}\nmax error {100 * err:.2f}% of max|term| on t ≤ {t_end:g}",
+                         fontsize=10)
+            if t_end < ts[-1]:
+                ax.axvline(t_end, color="gray", ls="-.", lw=0.8)
+            ax.set_xlabel("t (states of the true trajectory)")
+            ax.legend(fontsize=7)
+    savefig(fig, out_dir / "ude_terms.png")
+
+
+def _ude(out_dir, quick, progress, write=None):
+    """The universal differential equation on noise-free data (and, in full mode, the
+    noisy recipe's seed 0): metrics per run (passed to `write` as each finishes), a figure."""
     from . import recovery_ude as U
 
     system = R.SYSTEMS["lotka_volterra"]
-    t1 = 5.0 if quick else 10.0
-    ts = system.ts[system.ts <= t1 + 1e-9]
-    data = R.make_data(system, None)[: len(ts)]
-    field, res = U.train_ude(ts, data, system.truth[:2], quick=quick, progress=progress)
-    err, learned, true = U.interaction_error(field, res.params, data)
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for j, (ax, label) in enumerate(zip(axes, ("U₁ vs −βxy", "U₂ vs γxy"), strict=True)):
-        ax.plot(ts, true[:, j], "k-", label="true term on the data")
-        ax.plot(ts, learned[:, j], "C3--", label="learned network")
-        ax.set_title(f"{label} (rel. L2 error {err[j]:.3f})")
-        ax.set_xlabel("t")
-        ax.legend(fontsize=7)
-    savefig(fig, out_dir / "ude_terms.png")
-    return dict(rel_l2_error=err.tolist(), loss=res.loss, iterations=int(len(res.history)),
-                t1=t1, status=res.status.name.lower(), wall_time_s=res.wall_time)
+    config = U.QUICK if quick else U.FULL
+    seeds = (None,) if quick else (None, 0)
+    out, arts = {}, {}
+    for seed in seeds:
+        label = "noise-free" if seed is None else f"noise seed {seed}"
+        out[label], arts[label] = _ude_one(U, system, seed, config, progress)
+        if write is not None:
+            write(out)
+    _fig_ude(U, arts, out_dir)
+    return out
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    # Beside the target, then rename: a run that stops leaves the last complete file.
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(x):
+    return x.item() if isinstance(x, np.generic) else np.asarray(x).tolist()
 
 
 def run(out_dir: Path, quick: bool) -> dict:
-    """Run the fits, write the figures into `out_dir`, return the metrics."""
+    """Run the fits, write the figures into `out_dir`, return the metrics.
+
+    metrics.json is rewritten as each part finishes (`parts_done` lists them), so a long
+    run that stops keeps what it finished; `jode reproduce` then writes the final file.
+    """
     jax.config.update("jax_enable_x64", True)
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     progress = True
     names = ("lotka_volterra",) if quick else tuple(R.SYSTEMS)
     seeds = SEEDS[:1] if quick else SEEDS
     systems = [R.SYSTEMS[n] for n in names]
-    metrics, arts = {"systems": {}}, {}
+    metrics, arts = {"systems": {}, "quick": quick, "parts_done": []}, {}
+
+    def write():
+        _write_json_atomic(out_dir / "metrics.json", metrics)
+
+    def done(part):
+        metrics["parts_done"].append(part)
+        write()
+
     for system in systems:
         metrics["systems"][system.name], arts[system.name] = _system_block(
             system, seeds, quick, progress)
+        done(system.name)
     _fig_fits(systems, arts, out_dir)
     metrics["validation_max_abs_error"] = _fig_validation(systems, arts, out_dir)
     _fig_losses(systems, arts, out_dir)
@@ -208,12 +296,20 @@ def run(out_dir: Path, quick: bool) -> dict:
         metrics["lorenz_horizon"] = dict(
             noise_free=h_clean, seed0=h_noisy, seeds=seeds_h, article=R.ARTICLE_LORENZ_HORIZON,
             threshold=R.HORIZON_THRESHOLD)
-    metrics["lynx_hare"] = _lynx_hare(out_dir, progress)
-    if not quick:
-        metrics["ude"] = _ude(out_dir, quick, progress)
     metrics["acceptance"] = _acceptance(metrics)
+    done("figures")
+    metrics["lynx_hare"] = _lynx_hare(out_dir, progress)
+    done("lynx_hare")
+
+    def partial_ude(ude):
+        metrics["ude"] = ude
+        write()
+
+    metrics["ude"] = _ude(out_dir, quick, progress, write=partial_ude)
     metrics["skipped_in_quick_mode"] = (
-        ["stuart_landau", "lorenz", "seeds 1-4", "ude"] if quick else [])
+        ["stuart_landau", "lorenz", "noise seeds 1-4", "UDE on noisy data and on t > 3"]
+        if quick else [])
+    done("ude")
     return metrics
 
 
