@@ -5,14 +5,16 @@ differential equations" (Towards Data Science, 2020) after Owens & Filkin (1989)
 
 1. six-hump camel, Goldstein-Price and Rosenbrock from a grid of starting points: how often
    each optimizer reaches the global minimum, and the iterations, gradient evaluations and
-   wall time it needs to get within 1e-6 (in f) of the nearest local minimum; contour plots
-   of the paths and an animated GIF;
+   wall time it needs to get within 1e-6 (in f) of the nearest local minimum; every knob
+   (learning rate, or the flow's rtol) tuned on the same 6-point grid by the same rule;
+   contour plots of the paths and an animated GIF;
 2. an MLP on scikit-learn's digits 0-4 with the article's protocol scaled to that data set
    (100 images per digit for training, 40 per digit for validation, early stopping when 50
    iterations bring no 5 % improvement of the validation loss, accuracy on all remaining
-   0-4 images), gradient flow (Runge-Kutta-Chebyshev, Bosh3, Ros2) vs Adam (tuned
-   learning rate) vs SGD (tuned); the flow also records when it first reaches Adam's best
-   validation loss;
+   0-4 images), gradient flow (Runge-Kutta-Chebyshev, Bosh3, Ros2) vs Adam vs SGD, each
+   with its knob tuned on the validation loss; the Chebyshev flow also with the patience
+   counted in gradient evaluations, and every flow records when it first reaches Adam's
+   best validation loss;
 3. the XOR truth table as a smoke case, and real MNIST 0-4 when $JODE_MNIST_DIR is set.
 """
 
