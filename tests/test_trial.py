@@ -125,6 +125,27 @@ def test_ode2_trains_to_1e6_and_beats_euler():
     assert report.adam_steps == 300 and report.n_params == 30 and report.n_points == 20
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["ode3_bvp", pytest.param("ode1", marks=pytest.mark.slow),
+     pytest.param("ode3_ivp", marks=pytest.mark.slow)],
+)
+def test_ode_quick_acceptance(name):
+    """Problems 1, 3 (IVP) and 3 (BVP) on 20 points with the paper's 10 units: max error on a
+    10x finer grid <= 1e-6, below Euler and RK4 on the same 20 points (initial value
+    problems), conditions exact."""
+    pp = PROBLEMS[name]
+    sol, report = trial.train(pp.problem, jr.key(0), points=20, hidden=10, adam_steps=1000,
+                              lbfgs_steps=500, lm_steps=3000, progress=False)
+    m = paper.assess(pp, sol, 20)
+    assert m["fine_grid"] <= 1e-6
+    assert m["conditions"] < 1e-14
+    if pp.vector_field is not None:
+        base = trial.euler_rk4_errors(pp, 20)
+        assert m["fine_grid"] < min(base["euler"], base["rk4"])
+    assert report.n_params == 30
+
+
 @pytest.mark.slow  # compiling the PDE training chunks alone takes ~30 s on an idle 2-core CPU
 def test_pde7_mixed_conditions_trains():
     """Problem 7 (Dirichlet + Neumann edge) on the paper's 10x10 grid, reduced iterations."""
@@ -187,6 +208,21 @@ def test_bad_input():
         trial.train(wrong, adam_steps=1, lbfgs_steps=0, lm_steps=0, progress=False)
     with pytest.raises(ValueError, match="points"):
         trial.train(PROBLEMS["ode2"].problem, points=jnp.zeros((5, 2)), progress=False)
+    # A 2-D residual returning a vector instead of a scalar.
+    pde_wrong = Problem(lambda x, p, dp, d2p: jnp.diag(d2p),
+                        PROBLEMS["pde5"].problem.conditions, ((0.0, 1.0), (0.0, 1.0)))
+    with pytest.raises(ValueError, match=r"shape \(\)"):
+        trial.train(pde_wrong, adam_steps=1, lbfgs_steps=0, lm_steps=0, progress=False)
+    # Conditions inconsistent with the domain: rectangle data on an interval, 1-D data given
+    # as a function, an initial point past the end, a second domain axis with d <= c.
+    with pytest.raises(ValueError, match="must be a number"):
+        Problem(_zero, Boundary(Dirichlet(lambda y: y), Dirichlet(0.0)), (0.0, 1.0))
+    with pytest.raises(ValueError, match="outside the domain"):
+        Problem(ode, InitialValue(1.5, 1.0), (0.0, 1.0))
+    with pytest.raises(ValueError, match=r"\(c, d\) must satisfy"):
+        Problem(_zero, PROBLEMS["pde5"].problem.conditions, ((0.0, 1.0), (1.0, 0.0)))
+    with pytest.raises(ValueError, match="order"):
+        Problem(_zero, PROBLEMS["pde5"].problem.conditions, ((0.0, 1.0), (0.0, 1.0)), order=3)
 
 
 @pytest.mark.slow
