@@ -44,6 +44,7 @@ class UDEConfig:
         dt: the constant RK4 step of the solves (RK4 at h = 0.025 is accurate to ~1e-7 on
             this system; a constant step keeps the compiled program small).
         seed: the network's initial weights.
+        linesearch: of the L-BFGS stages ("zoom" or "backtracking", see `jode.fit.LBFGS`).
     """
 
     t1: float = 10.0
@@ -53,6 +54,7 @@ class UDEConfig:
     depth: int = 2
     dt: float = 0.025
     seed: int = 0
+    linesearch: str = "zoom"
 
 
 FULL = UDEConfig()
@@ -100,8 +102,9 @@ def train_ude(ts, data, y0, config: UDEConfig = FULL, *, progress=True, checkpoi
     loss = F.TrajectoryLoss(field, ts, data, y0=jnp.asarray(y0), n_state=0, solver=RK4(),
                             dt0=config.dt)
     window = F.GrowingWindows(fractions=config.windows)
-    result = F.fit(loss, params, stages=(F.LBFGS(steps=config.lbfgs_steps),), strategy=window,
-                   progress=progress, uncertainty=False, checkpoint=checkpoint)
+    stages = (F.LBFGS(steps=config.lbfgs_steps, linesearch=config.linesearch),)
+    result = F.fit(loss, params, stages=stages, strategy=window, progress=progress,
+                   uncertainty=False, checkpoint=checkpoint)
     return field, loss, result
 
 
