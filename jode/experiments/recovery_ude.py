@@ -1,5 +1,5 @@
 """A universal differential equation (Rackauckas et al. 2020, "Universal Differential
-Equations for Scientific Machine Learning", arXiv:2001.04385, §2.1 and Fig. 2): the
+Equations for Scientific Machine Learning", arXiv:2001.04385, §2.1): the
 Lotka-Volterra model with its growth and death rates known and its interaction terms
 replaced by an unknown small network,
 
@@ -41,8 +41,9 @@ class UDEConfig:
         windows: the growing windows' ends, as fractions of [0, t1].
         lbfgs_steps: L-BFGS iterations per window.
         width, depth: the network (tanh MLP 2 → width^depth → 2).
-        dt: the constant RK4 step of the solves (RK4 at h = 0.025 is accurate to ~1e-7 on
-            this system; a constant step keeps the compiled program small).
+        dt: the constant RK4 step of the solves (at h = 0.025 the true model's trajectory is
+            within 1.1e-5 of a 1e-12 DOP853 solve on [0, 10]; constant steps keep the
+            compiled program small).
         seed: the network's initial weights.
         linesearch: of the L-BFGS stages ("zoom" or "backtracking", see `jode.fit.LBFGS`).
     """
