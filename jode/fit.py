@@ -7,7 +7,9 @@ for hard problems, a strategy:
 
 - `GrowingWindows`: fit the first part of the data, then more, to the whole span, each
   stage starting from the last (Kidger 2021, *On Neural Differential Equations*, §2.2.4,
-  on fitting long or chaotic trajectories); the window is a masked loss, so it compiles once.
+  on fitting long or chaotic trajectories); the window is a masked loss, so it compiles once,
+  and its solve leaves the state unchanged past the window (`TrajectoryLoss.freeze_time`),
+  so a trial model that diverges there cannot spoil the window's loss.
 - `MultipleShooting`: segments with their own fitted initial states and a continuity
   penalty (Bock & Plitt 1984), then a single-shooting polish.
 
