@@ -128,19 +128,25 @@ def train_cnf(
     lr=3e-3,
     n_test=2000,
     eval_tol=1e-5,
+    kinetic=0.0,
+    jacobian=0.0,
     progress=True,
 ):
     """A CNF (exact trace, RK4 with n_steps) by maximum likelihood on fresh samples of the
     density `name` (Adam, cosine-decayed learning rate); returns metrics (held-out
     log-likelihood, evaluated by Tsit5 at rtol = atol = eval_tol, vs the Gaussian baseline
-    fitted to 20,000 training samples) and the trained model."""
+    fitted to 20,000 training samples) and the trained model. `kinetic` and `jacobian`
+    weight RNODE's regularizers (`CNF.log_prob_regularized`)."""
     k_model, k_fit, k_test, k_train = jr.split(key, 4)
     field = MLPField(2, width, depth, key=k_model, final_scale=0.1)
     cnf = CNF(field, solver=RK4(), n_steps=n_steps, trace="exact")
 
     def loss(model, key):
         x = sample_density(name, key, batch)
-        return -jnp.mean(model.log_prob(x))
+        if not (kinetic or jacobian):
+            return -jnp.mean(model.log_prob(x))
+        logp, ke, jf = model.log_prob_regularized(x)
+        return -jnp.mean(logp) + kinetic * jnp.mean(ke) + jacobian * jnp.mean(jf)
 
     x_test = sample_density(name, k_test, n_test)
     ll_init = float(jnp.mean(eqx.filter_jit(lambda m: m.log_prob(x_test))(cnf)))
@@ -159,6 +165,8 @@ def train_cnf(
         "n_iter": n_iter,
         "batch": batch,
         "n_steps": n_steps,
+        "kinetic": kinetic,
+        "jacobian": jacobian,
         "cnf_init_test_ll": ll_init,
         "gaussian_test_ll": ll_gauss,
         "margin_nats": ll - ll_gauss,
