@@ -1,9 +1,11 @@
-"""Single and batched solves: jode vs diffrax vs scipy, side by side in one process.
+"""Single solves: jode vs diffrax vs scipy, side by side in one process.
 
-    python benchmarks/solve.py            # full: single solves, batches up to 10,000 lanes
-    python benchmarks/solve.py --quick    # smaller batches, fewer repeats
+    python benchmarks/solve.py            # single solves, compile times, jit(grad(solve))
+    python benchmarks/solve.py --quick    # fewer repeats
 
-Reports steady-state time per solve (median over repeats, after compilation), compile time
+Batched (vmap) solves are in benchmarks/batch.py.
+
+Reports steady-state time per solve (minimum over repeats, after compilation), compile time
 (first call minus a steady call), steps, f-evaluations, max abs error against scipy DOP853
 at rtol=atol=1e-13, and ratios jode/diffrax. Float64 throughout.
 """
@@ -21,6 +23,7 @@ import numpy as np
 jax.config.update("jax_enable_x64", True)
 
 import diffrax  # noqa: E402
+from _timing import timed  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
 
 import jode  # noqa: E402
@@ -31,20 +34,6 @@ PROBLEMS = {
     "lorenz": (lorenz, np.array([1.0, 0.0, 0.0]), np.array([10.0, 28.0, 8.0 / 3.0])),
 }
 TS = np.linspace(0.0, 10.0, 101)
-
-
-def timed(fn, *args, repeats=20):
-    """(compile seconds, median steady seconds, output)."""
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    steady = statistics.median(times)
-    return max(first - steady, 0.0), steady, out
 
 
 def reference(f, y0, p):
@@ -153,50 +142,6 @@ def single(repeats):
     return rows
 
 
-def batch(sizes, repeats):
-    f, y0, base = PROBLEMS["lotka_volterra"]
-    rows = []
-    for b in sizes:
-        ps = jnp.asarray(base * np.random.default_rng(0).uniform(0.8, 1.2, size=(b, 4)))
-        y0j = jnp.asarray(y0)
-        jode_fn = jax.jit(jax.vmap(make_jode(f, "Tsit5", 1e-6), in_axes=(None, 0)))
-        dfx_fn = jax.jit(jax.vmap(make_diffrax(f, "Tsit5", 1e-6), in_axes=(None, 0)))
-        c_j, t_j, s_j = timed(jode_fn, y0j, ps, repeats=repeats)
-        c_d, t_d, s_d = timed(dfx_fn, y0j, ps, repeats=repeats)
-        single_fn = make_jode(f, "Tsit5", 1e-6)
-        same = max(float(jnp.max(jnp.abs(single_fn(y0j, ps[i]).ys - s_j.ys[i]))) for i in range(3))
-        rows.append(
-            dict(
-                B=b,
-                jode_ms=t_j * 1e3,
-                diffrax_ms=t_d * 1e3,
-                ratio=t_j / t_d,
-                jode_compile_s=c_j,
-                diffrax_compile_s=c_d,
-                steps_max=int(jnp.max(s_j.stats["steps"])),
-                steps_mean=float(jnp.mean(s_j.stats["steps"])),
-                lane_vs_single_max_diff=same,
-            )
-        )
-    return rows
-
-
-def floor(b, nfev, repeats):
-    """Cost of one vmapped f-evaluation inside a compiled loop, times the solve's nfev."""
-    f, y0, base = PROBLEMS["lotka_volterra"]
-    ps = jnp.asarray(base * np.random.default_rng(0).uniform(0.8, 1.2, size=(b, 4)))
-    ys = jnp.tile(jnp.asarray(y0), (b, 1))
-    fv = jax.vmap(lambda y, p: f(0.0, y, p))
-
-    @jax.jit
-    def loop(ys):
-        return jax.lax.fori_loop(0, 1000, lambda i, y: y + 1e-6 * fv(y, ps), ys)
-
-    _, t, _ = timed(loop, ys, repeats=max(3, repeats // 5))
-    per_eval = t / 1000
-    return dict(per_eval_us=per_eval * 1e6, floor_ms=per_eval * nfev * 1e3)
-
-
 def grad_compile():
     f, y0, p = PROBLEMS["lotka_volterra"]
     y0j, pj = jnp.asarray(y0), jnp.asarray(p)
@@ -254,27 +199,6 @@ def main():
             print(
                 f"| {r['problem']} | {r['tol']:.0e} | {r['method']} | - | - | scipy {r['scipy_us'] / 1e3:.2f} ms | - | - | {r['nfev']} | {r['err']:.1e} |"
             )
-    sizes = [1, 100, 1000] if ns.quick else [1, 100, 1000, 10000]
-    print("\n## vmap batches, Lotka-Volterra, Tsit5, rtol=atol=1e-6, 101 saves\n")
-    print(
-        "| B | jode | diffrax | jode/diffrax | compile jode/diffrax (s) | steps max/mean | lane vs single |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    rows = batch(sizes, max(3, repeats // 3))
-    for r in rows:
-        print(
-            f"| {r['B']} | {r['jode_ms']:.2f} ms | {r['diffrax_ms']:.2f} ms | {r['ratio']:.2f} | "
-            f"{r['jode_compile_s']:.2f}/{r['diffrax_compile_s']:.2f} | {r['steps_max']}/"
-            f"{r['steps_mean']:.1f} | {r['lane_vs_single_max_diff']:.1e} |"
-        )
-    big = rows[-1]
-    fl = floor(big["B"], 6 * big["steps_max"] + 2, repeats)
-    print(
-        f"\nFloor at B={big['B']}: one vmapped f-eval in a compiled loop {fl['per_eval_us']:.2f} us; "
-        f"x lockstep nfev {6 * big['steps_max'] + 2} = {fl['floor_ms']:.2f} ms; "
-        f"jode = {big['jode_ms'] / fl['floor_ms']:.1f}x floor, diffrax = "
-        f"{big['diffrax_ms'] / fl['floor_ms']:.1f}x floor"
-    )
     g = grad_compile()
     print("\n## jit(grad(solve)), Lotka-Volterra, 101 saves\n")
     print(

@@ -26,6 +26,7 @@ from .ode.adjoint import AbstractAdjoint as AbstractAdjoint
 from .ode.adjoint import BacksolveAdjoint as BacksolveAdjoint
 from .ode.adjoint import DirectAdjoint as DirectAdjoint
 from .ode.adjoint import ForwardMode as ForwardMode
+from .ode.batch import solve_batch as solve_batch
 from .ode.control import ConstantStep as ConstantStep
 from .ode.control import PIDController as PIDController
 from .ode.explicit import RK4 as RK4

@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from .loop import forward_mode, masked_while_loop
+
 #: Fields of the solve loop's carry that the body only writes (scatters), never reads.
 WRITE_ONLY_FIELDS = ("ys", "step_ts", "step_ys", "dense_coeffs")
 
@@ -50,8 +52,9 @@ class AbstractAdjoint(eqx.Module):
 
 
 def lax_loop(cond, body, init, args, max_iter):
+    """The plain loop (`masked_while_loop`: select-free under `jax.vmap`)."""
     del max_iter
-    return jax.lax.while_loop(cond, lambda c: body(c, args), init)
+    return masked_while_loop(lambda c, _: cond(c), body, init, args)
 
 
 class ForwardMode(AbstractAdjoint):
@@ -126,6 +129,25 @@ def _write_row(buf, idx, value, do):
     return buf.at[idx].set(value, mode="drop")
 
 
+class _Hoisted(eqx.Module):
+    """A function with its closed-over arrays as fields (so they can be differentiated)."""
+
+    fn: object = eqx.field(static=True)
+    consts: list
+
+    def __call__(self, *args):
+        return self.fn(eqx.filter(args, eqx.is_array), *self.consts)
+
+
+def hoist_closure(fn, *example):
+    """`fn` with the arrays it closes over made explicit, like `eqx.filter_closure_convert`
+    but without its check that later calls see the same sharding annotations (a loop body
+    under `shard_map` sees carries annotated differently from the example)."""
+    dynamic, static = eqx.partition(example, eqx.is_array)
+    converted, consts = jax.closure_convert(lambda d: fn(*eqx.combine(d, static)), dynamic)
+    return _Hoisted(converted, consts)
+
+
 def _segment_length(max_iter, checkpoints):
     if checkpoints is None:
         checkpoints = max(1, math.ceil(math.sqrt(max_iter)))
@@ -165,8 +187,11 @@ def checkpointed_loop(cond, body, init, args, max_iter, *, checkpoints=None, wri
             return core
         return core._replace(**dict(zip(write_only, bufs, strict=True)))
 
-    cond_cc = eqx.filter_closure_convert(cond, init)
-    body_cc = eqx.filter_closure_convert(body, init, args)
+    # The condition reads the carry only (it must not close over traced values): no
+    # closure conversion, whose strict signature check trips on carries whose types
+    # differ only in their sharding annotations (under shard_map).
+    cond_cc = cond
+    body_cc = hoist_closure(body, init, args)
     core0, bufs0 = split_carry(init)
     core_f, core_a, core_s = _split(core0)
     args_f, args_a, args_s = _split(args)
@@ -189,14 +214,15 @@ def checkpointed_loop(cond, body, init, args, max_iter, *, checkpoints=None, wri
         cf, bufs, a_f, b_f, c_f = diff
         ca, a_a, b_a, c_a = nondiff
 
-        def body_fn(state):
+        def body_fn(state, ops):
             core, bufs = state
-            return step(core, bufs, a_f, a_a, b_f, b_a)
+            return step(core, bufs, *ops[:4])
 
-        core, bufs = jax.lax.while_loop(
-            lambda s: keep_going(*s, c_f, c_a), body_fn, (core_of(cf, ca), bufs)
+        # Every traced input travels in the operands: the batched loop's rule sees them.
+        ops = (a_f, a_a, b_f, b_a, c_f, c_a)
+        return masked_while_loop(
+            lambda s, ops: keep_going(*s, *ops[4:]), body_fn, (core_of(cf, ca), bufs), ops
         )
-        return core, bufs
 
     run = jax.custom_vjp(primal)
 
@@ -281,29 +307,12 @@ def checkpointed_loop(cond, body, init, args, max_iter, *, checkpoints=None, wri
     run.defvjp(fwd, bwd)
     diff = (core_f, bufs0, args_f, body_f, cond_f)
     nondiff = (core_a, args_a, body_a, cond_a)
-    if _forward_mode((init, args, body_cc, cond_cc)):
+    if forward_mode((init, args, body_cc, cond_cc)):
         # Forward mode (jax.jvp / jax.jacfwd) cannot enter a custom_vjp: run the plain
         # loop, which JAX differentiates forwards exactly.
         return lax_loop(cond, body, init, args, max_iter)
     core, bufs = run(diff, nondiff)
     return join_carry(core, bufs)
-
-
-def _forward_mode(tree):
-    """Whether the innermost transformation acting on `tree` is forward mode (jvp).
-
-    Reverse mode linearizes with its own tracer type (JAX's direct linearization), so a
-    JVP tracer on the outside means jax.jvp / jax.jacfwd; forward-over-reverse (Hessians,
-    Hessian-vector products) sees the linearization first and takes the checkpointed path.
-    """
-    if not getattr(jax.config, "jax_use_direct_linearize", False):
-        return False
-    try:
-        from jax._src.interpreters.ad import JVPTracer
-    except ImportError:  # pragma: no cover - a JAX without this class
-        return False
-    return any(isinstance(x, JVPTracer) for x in jax.tree.leaves(tree))
-
 
 
 # --------------------------------------------------------------------------------------

@@ -23,7 +23,15 @@ from jax.flatten_util import ravel_pytree
 
 from . import checks
 from .adjoint import AbstractAdjoint, DirectAdjoint
-from .control import ConstantStep, PIDController, initial_step, pid_update, scaled_error
+from .control import (
+    ConstantStep,
+    PIDController,
+    all_finite,
+    initial_step,
+    pid_update,
+    scaled_error,
+    small_sum,
+)
 from .explicit import EXPLICIT_SOLVERS, Tsit5
 from .implicit import IMPLICIT_SOLVERS
 from .interpolation import evaluate_steps, horner
@@ -61,7 +69,7 @@ class _Carry(NamedTuple):
     status: jax.Array
     last_t: jax.Array
     last_h: jax.Array
-    last_coeffs: jax.Array | None
+    last_coeffs: tuple | None  # the last step's dense-output rows, one vector each
     pending: jax.Array
     save_idx: jax.Array
     ys: jax.Array | None
@@ -145,7 +153,7 @@ def _body(prob: _Problem, args, c: _Carry) -> _Carry:
         f_step = lambda t, y: f(jnp.where(at_jump & (d * t > d * t_left), t_left, t), y)  # noqa: E731
 
     res = _step(prob.solver, f_step, c.t, c.y, c.fy, h, c.solver_state)
-    finite = jnp.all(jnp.isfinite(res.y1))
+    finite = all_finite(res.y1)
     if prob.adaptive:
         err = scaled_error(res.error, c.y, res.y1, prob.rtol, prob.atol)
         err = jnp.where(finite & res.ok, err, jnp.inf)
@@ -200,7 +208,10 @@ def _body(prob: _Problem, args, c: _Carry) -> _Carry:
     if c.ys is not None:
         last_t = jnp.where(take, c.t, c.last_t)
         last_h = jnp.where(take, h, c.last_h)
-        last_coeffs = jnp.where(take, res.coeffs, c.last_coeffs)
+        # Rows kept as separate vectors: a batched loop stores each with its lanes last.
+        last_coeffs = tuple(
+            jnp.where(take, new_row, row) for new_row, row in zip(res.coeffs, c.last_coeffs)
+        )
         ys, save_idx, pending = _drain_saves(
             prob, c.ys, c.save_idx, last_t, last_h, last_coeffs, c.active
         )
@@ -228,7 +239,7 @@ def _drain_saves(prob, ys, save_idx, last_t, last_h, coeffs, live):
     theta = (t_win - last_t) / safe_h
     values = horner(coeffs, theta[:, None])
     ys = ys.at[jnp.where(inside, window, n_save)].set(values, mode="drop")
-    save_idx = save_idx + jnp.sum(inside, dtype=save_idx.dtype)
+    save_idx = save_idx + small_sum(inside.astype(save_idx.dtype))
     pending = (save_idx < n_save) & (d * ts[jnp.minimum(save_idx, n_save - 1)] <= d * t_stop)
     return ys, save_idx, pending
 
@@ -575,7 +586,7 @@ def _while_solve(
         at_t0 = ts == t0
         ys = jnp.where(at_t0[:, None], y0[None], jnp.inf).astype(dtype)
         save_idx = jnp.sum(at_t0, dtype=jnp.int32)
-        last_coeffs = jnp.zeros((degree, n), dtype)
+        last_coeffs = tuple(jnp.zeros((n,), dtype) for _ in range(degree))
     if saveat.steps or saveat.dense:
         step_ts = jnp.full((max_steps + 1,), jnp.inf, dtype).at[0].set(t0)
     if saveat.steps:
