@@ -53,7 +53,10 @@ FULL = dict(
     mem_size=(256, 256),
     nfe_iters=150,
     latent=dict(n_train=300, n_test=100, n_obs=60, n_total=400, n_iter=600),
-    cnf=dict(n_iter=1000, batch=256, n_steps=4, width=64),
+    # RNODE regularizers keep the flow smooth enough for 8 RK4 steps: without them the
+    # checkerboard flow learned to exploit 4 coarse steps (held-out log p by a tight solve
+    # 2.5 nats below the training solver's).
+    cnf=dict(n_iter=1000, batch=256, n_steps=8, width=64, kinetic=0.01, jacobian=0.01),
 )
 
 
