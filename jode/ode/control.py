@@ -134,11 +134,14 @@ def pid_update(controller: PIDController, error_order, err_norm, h, prev_inv):
     c1 = (controller.icoeff + controller.pcoeff + controller.dcoeff) / q
     c2 = -(controller.pcoeff + 2 * controller.dcoeff) / q
     c3 = controller.dcoeff / q
-    factor = controller.safety * inv**c1
+    # x**c as exp(c log x): XLA's CPU `pow` is a scalar library call per element, exp and
+    # log are vectorized (the difference is a quarter of a batched step's time).
+    log_factor = c1 * jnp.log(inv)
     if c2 != 0:
-        factor = factor * prev_inv[0] ** c2
+        log_factor = log_factor + c2 * jnp.log(prev_inv[0])
     if c3 != 0:
-        factor = factor * prev_inv[1] ** c3
+        log_factor = log_factor + c3 * jnp.log(prev_inv[1])
+    factor = controller.safety * jnp.exp(log_factor)
     fmin = jnp.where(accept, 1.0, controller.factormin)
     fmax = jnp.where(accept, controller.factormax, controller.safety)
     factor = jnp.clip(factor, fmin, fmax)

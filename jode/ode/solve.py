@@ -9,6 +9,11 @@ Saving at requested times never shortens a step: after each accepted step the sa
 inside it are filled from that step's dense-output polynomial, up to `SAVE_WINDOW` at a time
 with one vectorized evaluation and an in-place scatter; a step spanning more save times
 is drained over further loop iterations that take no step.
+
+Under `jax.vmap` the step loop runs select-free (`loop.masked_while_loop`): the body is a
+no-op for a finished lane, so the batched loop applies the vmapped body to every lane while
+any is active, with state vectors stored lanes-last. Each lane takes the steps it would take
+alone. `jode.solve_batch(..., shared_step=True)` instead takes one step for the whole batch.
 """
 
 from __future__ import annotations
