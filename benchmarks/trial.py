@@ -115,8 +115,8 @@ def bench_torch(adam_steps, lbfgs_steps, n_points=20, b=2.0, hidden=10, seed=0, 
         elapsed += time.perf_counter() - clock
         done += chunk
         err = error()
-    return dict(time_s=elapsed, fine_error=err, reached=err <= target, loss=float(loss_fn()),
-                adam_steps=adam_steps, lbfgs_iterations=done)
+    return dict(time_s=elapsed, fine_error=err, reached=err <= target,
+                loss=float(loss_fn().detach()), adam_steps=adam_steps, lbfgs_iterations=done)
 
 
 def main():
