@@ -13,7 +13,10 @@ output is multiplied by s², so its weights stay of order one while the terms re
 (plain feature scaling, derived from the data, not from the truth). Training is L-BFGS over
 growing time windows (Kidger 2021, §2.2.4): a network that fits [0, T] is a good start
 for [0, T + ΔT], while a fit of the whole span from a random network is trapped by the
-single-shooting loss's local minima.
+single-shooting loss's local minima. The first window must hold enough data: on noisy data
+a first window of t ≤ 1 (22 observations for 354 weights) lets the network fit the noise,
+and the next windows then started from it diverged (1 of 2 runs); with windows of 30% of
+the span, 3 of 3 network initializations reached 1.4-2.3% term errors.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ class UDEConfig:
     """
 
     t1: float = 10.0
-    windows: tuple = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    windows: tuple = (0.3, 0.6, 1.0)
     lbfgs_steps: int = 800
     width: int = 16
     depth: int = 2
