@@ -6,7 +6,9 @@ training step takes 20 windows of 10 consecutive points, solves the network
 f(y) = W2 tanh(W1 y³ + b1) + b2 (50 hidden units) from the 20 window starts as one batched
 state with Dopri5 (rtol=1e-6, atol=1e-8), and applies Adam to the mean absolute error.
 Each library is timed with its direct (discretize-then-optimize) and its backsolve
-(continuous adjoint) gradient; the same batches in every library.
+(continuous adjoint) gradient; the same batches in every library. jode is also timed through
+its neural-ODE layer (`jode.nn.NeuralODE`, with and without NFE counting) to show what the
+layer adds to `jode.solve`.
 
     python benchmarks/neural_ode.py [--quick]
 
