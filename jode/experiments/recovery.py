@@ -228,6 +228,7 @@ def _fig_ude(U, runs, out_dir):
                 ax.axvline(t_end, color="gray", ls="-.", lw=0.8)
             ax.set_xlabel("t (states of the true trajectory)")
             ax.legend(fontsize=7)
+    fig.tight_layout()
     savefig(fig, out_dir / "ude_terms.png")
 
 
