@@ -94,3 +94,16 @@ def forward_mode(tree):
     except ImportError:  # pragma: no cover - a JAX without this class
         return False
     return any(isinstance(x, JVPTracer) for x in jax.tree.leaves(tree))
+
+
+def batched(tree):
+    """Whether some array of `tree` is being batched by `jax.vmap` right now.
+
+    Used only to choose a data layout that is faster under vmap; a wrong answer costs
+    speed, never correctness.
+    """
+    try:
+        from jax._src.interpreters.batching import BatchTracer
+    except ImportError:  # pragma: no cover - a JAX without this class
+        return False
+    return any(isinstance(x, BatchTracer) for x in jax.tree.leaves(tree))

@@ -40,6 +40,7 @@ from .control import (
 from .explicit import EXPLICIT_SOLVERS, Tsit5
 from .implicit import IMPLICIT_SOLVERS
 from .interpolation import evaluate_steps, horner
+from .loop import batched
 from .solution import Solution, Status, raise_on_failure
 
 SAVE_WINDOW = 4
@@ -74,7 +75,7 @@ class _Carry(NamedTuple):
     status: jax.Array
     last_t: jax.Array
     last_h: jax.Array
-    last_coeffs: tuple | None  # the last step's dense-output rows, one vector each
+    last_coeffs: jax.Array | tuple | None  # the last step's dense-output rows
     pending: jax.Array
     save_idx: jax.Array
     ys: jax.Array | None
@@ -126,9 +127,14 @@ def _step(solver, f, t, y, fy, h, state):
 
 
 def _write(buf, idx, value, do):
-    """buf[idx] = value where `do`, as an in-place scatter (out-of-range index: no write)."""
-    idx = jnp.where(do, idx, buf.shape[0])
-    return buf.at[idx].set(value, mode="drop")
+    """buf[idx : idx + len(value)] = value where `do` (else unchanged), in place.
+
+    A dynamic-update-slice, not a scatter: XLA updates it in place at the cost of the block
+    (a scatter costs several times more per call on CPU). `idx` must leave room for the
+    block; where `do` is false the block's old rows are written back.
+    """
+    old = jax.lax.dynamic_slice_in_dim(buf, idx, value.shape[0])
+    return jax.lax.dynamic_update_slice_in_dim(buf, jnp.where(do, value, old), idx, 0)
 
 
 def _body(prob: _Problem, args, c: _Carry) -> _Carry:
@@ -205,18 +211,20 @@ def _body(prob: _Problem, args, c: _Carry) -> _Carry:
             lambda a, b: jnp.where(can_step, a, b), res.state, c.solver_state
         )
     if c.step_ts is not None:
-        new["step_ts"] = _write(c.step_ts, c.accepted + 1, t_end, take)
+        new["step_ts"] = _write(c.step_ts, c.accepted + 1, t_end[None], take)
     if c.step_ys is not None:
-        new["step_ys"] = _write(c.step_ys, c.accepted + 1, res.y1, take)
+        new["step_ys"] = _write(c.step_ys, c.accepted + 1, res.y1[None], take)
     if c.dense_coeffs is not None:
-        new["dense_coeffs"] = _write(c.dense_coeffs, c.accepted, res.coeffs, take)
+        new["dense_coeffs"] = _write(c.dense_coeffs, c.accepted, res.coeffs[None], take)
     if c.ys is not None:
         last_t = jnp.where(take, c.t, c.last_t)
         last_h = jnp.where(take, h, c.last_h)
-        # Rows kept as separate vectors: a batched loop stores each with its lanes last.
-        last_coeffs = tuple(
-            jnp.where(take, new_row, row) for new_row, row in zip(res.coeffs, c.last_coeffs)
-        )
+        if isinstance(c.last_coeffs, tuple):  # one vector a row (batched: lanes last)
+            last_coeffs = tuple(
+                jnp.where(take, new_row, row) for new_row, row in zip(res.coeffs, c.last_coeffs)
+            )
+        else:
+            last_coeffs = jnp.where(take, res.coeffs, c.last_coeffs)
         ys, save_idx, pending = _drain_saves(
             prob, c.ys, c.save_idx, last_t, last_h, last_coeffs, c.active
         )
@@ -233,7 +241,13 @@ def _body(prob: _Problem, args, c: _Carry) -> _Carry:
 
 
 def _drain_saves(prob, ys, save_idx, last_t, last_h, coeffs, live):
-    """Fill up to SAVE_WINDOW save times inside the last accepted step (if `live`)."""
+    """Fill up to SAVE_WINDOW save times inside the last accepted step (if `live`).
+
+    The whole window of rows save_idx .. save_idx + SAVE_WINDOW - 1 is written as one block
+    (`ys` has SAVE_WINDOW rows of padding): rows past the step's last save time get the
+    step's initial state as a placeholder, which a later step overwrites (saves fill in
+    order) and which rows never reached are replaced by inf after the loop.
+    """
     d, ts = prob.direction, prob.ts
     n_save = ts.shape[0]
     window = save_idx + jnp.arange(SAVE_WINDOW, dtype=save_idx.dtype)
@@ -241,9 +255,9 @@ def _drain_saves(prob, ys, save_idx, last_t, last_h, coeffs, live):
     t_stop = last_t + last_h
     inside = live & (window < n_save) & (d * t_win <= d * t_stop)
     safe_h = jnp.where(last_h == 0, 1, last_h)
-    theta = (t_win - last_t) / safe_h
+    theta = jnp.where(inside, (t_win - last_t) / safe_h, 0)
     values = horner(coeffs, theta[:, None])
-    ys = ys.at[jnp.where(inside, window, n_save)].set(values, mode="drop")
+    ys = _write(ys, save_idx, values, live)
     save_idx = save_idx + small_sum(inside.astype(save_idx.dtype))
     pending = (save_idx < n_save) & (d * ts[jnp.minimum(save_idx, n_save - 1)] <= d * t_stop)
     return ys, save_idx, pending
@@ -590,8 +604,14 @@ def _while_solve(
     if ts is not None:
         at_t0 = ts == t0
         ys = jnp.where(at_t0[:, None], y0[None], jnp.inf).astype(dtype)
+        ys = jnp.concatenate([ys, jnp.full((SAVE_WINDOW, n), jnp.inf, dtype)])  # padding
         save_idx = jnp.sum(at_t0, dtype=jnp.int32)
-        last_coeffs = tuple(jnp.zeros((n,), dtype) for _ in range(degree))
+        last_coeffs = jnp.zeros((degree, n), dtype)
+        if batched((y0, args)):
+            # Under vmap, separate row vectors are stored with their lanes last (see
+            # loop.masked_while_loop), which makes interpolation elementwise work; alone,
+            # one stacked array is fewer operations.
+            last_coeffs = tuple(last_coeffs)
     if saveat.steps or saveat.dense:
         step_ts = jnp.full((max_steps + 1,), jnp.inf, dtype).at[0].set(t0)
     if saveat.steps:
@@ -678,7 +698,9 @@ def _while_solve(
         stats.update(solver.stats(final.solver_state))
         stats["nfev"] = stats["nfev"] + extra
     if ts is not None:
-        ts_out, ys_out = ts, final.ys
+        # Rows never reached (a failed solve) hold placeholders: report them as inf.
+        reached = jnp.arange(ts.shape[0], dtype=final.save_idx.dtype) < final.save_idx
+        ts_out, ys_out = ts, jnp.where(reached[:, None], final.ys[: ts.shape[0]], jnp.inf)
     elif saveat.steps:
         ts_out, ys_out = final.step_ts, final.step_ys
     else:
