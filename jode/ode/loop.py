@@ -67,6 +67,10 @@ def masked_while_loop(cond, body, init, args):
             return jnp.moveaxis(x, 0, axis(x, True))
 
         c_batched, a_batched = in_batched
+        if axis_size == 1:  # one lane: the plain loop, without batched bookkeeping
+            c, a = jax.tree.map(lambda x, b: x[0] if b else x, (c, a), (c_batched, a_batched))
+            out = jax.lax.while_loop(lambda c: keep_going(c, a), lambda c: step(c, a), c)
+            return jax.tree.map(lambda x: x[None], out), jax.tree.map(lambda _: True, out)
         c_axes = jax.tree.map(axis, c, c_batched)
         a_axes = jax.tree.map(lambda x, b: axis(x, b) if b else None, a, a_batched)
         c = jax.tree.map(lanes, c, c_batched)

@@ -38,6 +38,8 @@ def test_masked_loop_under_vmap_matches_each_lane_alone():
         for got, want in zip(batched, alone, strict=True):
             np.testing.assert_array_equal(np.asarray(got[i]), np.asarray(want))
     assert [int(c) for c in batched[1]] == [0, 8, 16, 111, 118]  # known stopping times
+    one = jax.jit(jax.vmap(run))(starts[3:4])  # a single lane takes the plain loop
+    assert int(one[1][0]) == 111 and one[2].shape == (1, 200)
 
 
 @pytest.mark.parametrize(
