@@ -160,7 +160,11 @@ def backward_fevals(problem, scale=1.0, t1=1.0):
         return vector_field(t, y, net)
 
     rows = {}
-    cases = {"diffrax Backsolve": (diffrax_loss, dfx.BacksolveAdjoint())}
+    semi = dfx.PIDController(rtol=RTOL, atol=ATOL, norm=dfx.adjoint_rms_seminorm)
+    cases = {
+        "diffrax Backsolve": (diffrax_loss, dfx.BacksolveAdjoint()),
+        "diffrax Backsolve seminorm": (diffrax_loss, dfx.BacksolveAdjoint(stepsize_controller=semi)),
+    }
     if hasattr(jode, "BacksolveAdjoint"):
         cases["jode Backsolve"] = (jode_loss, jode.BacksolveAdjoint())
         cases["jode Backsolve seminorm"] = (jode_loss, jode.BacksolveAdjoint(seminorm=True))
