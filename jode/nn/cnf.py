@@ -130,16 +130,20 @@ class CNF(eqx.Module):
             backend=self.backend,
         )
 
-    def to_base(self, x, key=None, *, rtol=None, atol=None):
-        """Map data x (B, d) to the base space: (z(t1), ∫ tr dt (B,), the Solution)."""
+    def _noise(self, x, key):
+        """Checks x (B, d); the Rademacher ε of Hutchinson's estimator (None if exact)."""
         if x.ndim != 2:
             raise ValueError(f"x must be a batch (B, d); got shape {x.shape}")
+        if self.trace != "hutchinson":
+            return None
+        if key is None:
+            raise ValueError("trace='hutchinson' needs key= (the noise ε is drawn once per solve)")
+        return jr.rademacher(key, x.shape, dtype=x.dtype)
+
+    def to_base(self, x, key=None, *, rtol=None, atol=None):
+        """Map data x (B, d) to the base space: (z(t1), ∫ tr dt (B,), the Solution)."""
+        eps = self._noise(x, key)
         if self.trace == "hutchinson":
-            if key is None:
-                raise ValueError(
-                    "trace='hutchinson' needs key= (the noise ε is drawn once per solve)"
-                )
-            eps = jr.rademacher(key, x.shape, dtype=x.dtype)
 
             def field(t, state, args):
                 fz, tr = hutchinson_trace(self.func, t, state[0], eps)
@@ -172,14 +176,8 @@ class CNF(eqx.Module):
             Finlay, Jacobsen, Nurbekyan, Oberman (2020), How to Train Your Neural ODE: the
             World of Jacobian and Kinetic Regularization, ICML, §3.
         """
-        if x.ndim != 2:
-            raise ValueError(f"x must be a batch (B, d); got shape {x.shape}")
+        eps = self._noise(x, key)
         if self.trace == "hutchinson":
-            if key is None:
-                raise ValueError(
-                    "trace='hutchinson' needs key= (the noise ε is drawn once per solve)"
-                )
-            eps = jr.rademacher(key, x.shape, dtype=x.dtype)
 
             def field(t, state, args):
                 z = state[0]
