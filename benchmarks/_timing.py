@@ -8,12 +8,10 @@ import time
 import jax
 
 
-def timed(fn, *args, repeats=20):
-    """(compile seconds, steady seconds, output) of a jitted `fn`.
+def timed_stats(fn, *args, repeats=20):
+    """(compile seconds, median steady seconds, minimum steady seconds, output) of `fn`.
 
-    Compile time is the first call minus a steady call. The steady time is the minimum
-    over `repeats` calls: on a shared machine the minimum is the figure least disturbed by
-    other processes (the median is printed by callers that want it too).
+    Compile time is the first call minus the median steady call.
     """
     start = time.perf_counter()
     out = jax.block_until_ready(fn(*args))
@@ -23,8 +21,18 @@ def timed(fn, *args, repeats=20):
         start = time.perf_counter()
         out = jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
-    steady = min(times)
-    return max(first - statistics.median(times), 0.0), steady, out
+    median = statistics.median(times)
+    return max(first - median, 0.0), median, min(times), out
+
+
+def timed(fn, *args, repeats=20):
+    """(compile seconds, steady seconds, output) of a jitted `fn`.
+
+    The steady time is the minimum over `repeats` calls: on a shared machine the minimum is
+    the figure least disturbed by other processes.
+    """
+    compile_s, _, best, out = timed_stats(fn, *args, repeats=repeats)
+    return compile_s, best, out
 
 
 def interleaved(fns, args, repeats=20):

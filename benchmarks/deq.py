@@ -22,8 +22,6 @@ the ratio jode/peer. Float32, as in training.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import diffrax
 import jax
@@ -31,6 +29,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import lineax as lx
 import optimistix as optx
+from _timing import timed_stats
 
 from jode.data import load_digits
 from jode.experiments.deq import make_deq, standardize
@@ -45,19 +44,6 @@ from jode.fixed_point import (
 from jode.nn.deq import top_singular_value
 
 WIDTH = 100
-
-
-def timed(fn, *args, repeats=20):
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    steady = statistics.median(times)
-    return max(first - steady, 0.0), steady, min(times), out
 
 
 def cell(z, args):
@@ -157,7 +143,7 @@ def main():
         results = {}
         for name, solve_one in cases.items():
             fn = make_loss(solve_one, bound)
-            compile_s, steady, best, (grads, iters) = timed(fn, theta, emb, weights,
+            compile_s, steady, best, (grads, iters) = timed_stats(fn, theta, emb, weights,
                                                             repeats=repeats)
             flat = jnp.concatenate([jnp.ravel(v) for v in jax.tree.leaves(grads)])
             rel = float(jnp.linalg.norm(flat - ref_flat) / jnp.linalg.norm(ref_flat))
