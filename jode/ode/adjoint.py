@@ -18,10 +18,13 @@ loop body to each in reverse. Memory is O(√N) carries, work ≈ 3 forward pass
 the iterations actually taken are ever recomputed, so a solve of 4 steps pays for 4 steps,
 not for `max_steps`.
 
-Save buffers (the `ys` written at save times, per-step outputs, dense coefficients) are
-never read by the loop body, only written with scatters at indices that are written once.
-They are not checkpointed: their cotangent is carried through the backward pass, and the
-transpose of each scatter hands the written rows' cotangent to the step that wrote them.
+Save buffers (the `ys` written at save times, per-step outputs, dense coefficients) only
+flow into themselves: the loop body writes blocks of rows in place, reading a block back
+only to keep its old rows where a lane writes nothing. They are not checkpointed: their
+cotangent is carried through the backward pass, and the transpose of each write hands the
+rows' cotangent to the step that wrote them last (a row first written with a placeholder
+and later overwritten gets its cotangent from the later write only). The values read back
+carry no derivative elsewhere, so the backward pass may use the final buffers as primals.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from jax.flatten_util import ravel_pytree
 
 from .loop import forward_mode, masked_while_loop
 
-#: Fields of the solve loop's carry that the body only writes (scatters), never reads.
+#: Fields of the solve loop's carry that only flow into themselves (see the module docstring).
 WRITE_ONLY_FIELDS = ("ys", "step_ts", "step_ys", "dense_coeffs")
 
 
