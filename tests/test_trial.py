@@ -125,6 +125,31 @@ def test_ode2_trains_to_1e6_and_beats_euler():
     assert report.adam_steps == 300 and report.n_params == 30 and report.n_points == 20
 
 
+def test_weighted_residual_loss_and_training():
+    """`weight`: the reported loss is mean((w(x) G(x))²) over the points (recomputed here from
+    the trained solution), and Problem 2 still trains to 1e-6 with w(x) = e^(−x)."""
+    pp = PROBLEMS["ode2"]
+    w = lambda x: jnp.exp(-x)  # noqa: E731
+    sol, report = trial.train(pp.problem, jr.key(0), points=20, hidden=10, adam_steps=300,
+                              lbfgs_steps=0, lm_steps=1000, progress=False, weight=w)
+    xs = jnp.linspace(0.0, 2.0, 20)
+    r = jax.vmap(sol.residual)(xs)
+    weighted = float(jnp.mean((w(xs) * r) ** 2))
+    assert abs(report.loss - weighted) <= 1e-9 * weighted
+    assert abs(float(jnp.mean(r**2)) - weighted) > 1e-2 * weighted  # the weight counts
+    assert paper.assess(pp, sol, 20)["fine_grid"] <= 1e-6
+
+
+def test_weight_bad_input():
+    pp = PROBLEMS["ode2"]
+    with pytest.raises(ValueError, match="weight must return a scalar"):
+        trial.train(pp.problem, points=5, adam_steps=0, lbfgs_steps=0, lm_steps=0,
+                    progress=False, weight=lambda x: jnp.stack([x, x]))
+    with pytest.raises(ValueError, match="weight must be a function"):
+        trial.train(pp.problem, points=5, adam_steps=0, lbfgs_steps=0, lm_steps=0,
+                    progress=False, weight=2.0)
+
+
 @pytest.mark.parametrize(
     "name",
     ["ode3_bvp", pytest.param("ode1", marks=pytest.mark.slow),
