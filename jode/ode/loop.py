@@ -7,9 +7,9 @@ those selects touch the whole buffer on every step, and they dominate batched so
 
 `masked_while_loop` requires what the solve's step body already guarantees: the body is a
 no-op for a carry whose condition is false (every update is masked by the lane's own
-`active` flag and buffers are written by scatters that drop masked rows). Then the batched
-loop needs no select at all: its rule (a `jax.custom_batching.custom_vmap`) runs
-`vmap(body)` while any lane is active. Per-lane results are identical to the unbatched loop.
+`active` flag, and buffer blocks are written back unchanged for a masked lane). Then the
+batched loop needs no select at all: its rule (a `jax.custom_batching.custom_vmap`) runs
+`vmap(body)` while any lane is active. Each lane takes the iterations it would take alone.
 """
 
 from __future__ import annotations
@@ -47,9 +47,10 @@ def masked_while_loop(cond, body, init, args):
     def keep_going(c, a):
         return cond(eqx.combine(c, init_static), eqx.combine(a, args_static))
 
-    @jax.custom_batching.custom_vmap
-    def run(c, a):
+    def plain(c, a):
         return jax.lax.while_loop(lambda c: keep_going(c, a), lambda c: step(c, a), c)
+
+    run = jax.custom_batching.custom_vmap(plain)
 
     @run.def_vmap
     def _batched(axis_size, in_batched, c, a):
@@ -69,7 +70,7 @@ def masked_while_loop(cond, body, init, args):
         c_batched, a_batched = in_batched
         if axis_size == 1:  # one lane: the plain loop, without batched bookkeeping
             c, a = jax.tree.map(lambda x, b: x[0] if b else x, (c, a), (c_batched, a_batched))
-            out = jax.lax.while_loop(lambda c: keep_going(c, a), lambda c: step(c, a), c)
+            out = plain(c, a)
             return jax.tree.map(lambda x: x[None], out), jax.tree.map(lambda _: True, out)
         c_axes = jax.tree.map(axis, c, c_batched)
         a_axes = jax.tree.map(lambda x, b: axis(x, b) if b else None, a, a_batched)

@@ -219,12 +219,9 @@ def _body(prob: _Problem, args, c: _Carry) -> _Carry:
     if c.ys is not None:
         last_t = jnp.where(take, c.t, c.last_t)
         last_h = jnp.where(take, h, c.last_h)
-        if isinstance(c.last_coeffs, tuple):  # one vector a row (batched: lanes last)
-            last_coeffs = tuple(
-                jnp.where(take, new_row, row) for new_row, row in zip(res.coeffs, c.last_coeffs)
-            )
-        else:
-            last_coeffs = jnp.where(take, res.coeffs, c.last_coeffs)
+        # One stacked array, or one vector a row when batched (stored lanes last).
+        rows = tuple(res.coeffs) if isinstance(c.last_coeffs, tuple) else res.coeffs
+        last_coeffs = jax.tree.map(lambda a, b: jnp.where(take, a, b), rows, c.last_coeffs)
         ys, save_idx, pending = _drain_saves(
             prob, c.ys, c.save_idx, last_t, last_h, last_coeffs, c.active
         )
