@@ -115,6 +115,36 @@ def test_step_relative_error_vs_classic_scale_near_a_minimum():
     np.testing.assert_allclose(np.asarray(out["step"]), optim.CAMEL.minimizers[0], atol=1e-6)
 
 
+def test_euler_heun_flow_is_gradient_descent_at_one_gradient_per_step():
+    # EulerHeun: each accepted step is θ_{n+1} = θ_n - h_n ∇L(θ_n) with h_n from the error
+    # control, and the gradient at θ_{n+1} (the Heun stage) is the next step's: one new
+    # gradient per attempt. With the step-scaled error it converges to the exact minimizer.
+    opt = optim.gradient_flow(optim.EulerHeun(), rtol=0.3, atol=1e-12, error_scale="step")
+    loss = quadratic
+
+    def body(carry, _):
+        p, s = carry
+        v, g = optax.value_and_grad_from_state(loss)(p, state=s)
+        u, s = opt.update(g, s, p, value=v, grad=g, value_fn=loss)
+        p = optax.apply_updates(p, u)
+        return (p, s), (p, s.t)
+
+    @jax.jit
+    def run(p):
+        return jax.lax.scan(body, (p, opt.init(p)), None, length=80)
+
+    (p, state), (ps, ts) = run(P0)
+    assert int(state.count) == 80 and int(state.rejected) > 0
+    assert int(state.nfev) == 1 + int(state.count) + int(state.rejected)  # + the h0 probe
+    assert _max_diff(p, CENTER) < 1e-9
+    prev = jax.tree.map(lambda x0, x: jnp.concatenate([x0[None], x[:-1]]), P0, ps)
+    hs = jnp.diff(jnp.concatenate([jnp.zeros(1), ts]))
+    grads = jax.vmap(jax.grad(loss))(prev)
+    gd = jax.tree.map(lambda x, g: x - hs.reshape((-1,) + (1,) * (x.ndim - 1)) * g, prev, grads)
+    assert _max_diff(gd, ps) < 1e-13
+    assert float(jnp.min(hs)) > 0
+
+
 def test_tolerances_may_be_traced():
     # rtol as a traced scalar (a vmapped sweep) gives the iterates of a concrete rtol (to
     # rounding: the batched controller arithmetic may differ in the last bits).
@@ -132,11 +162,12 @@ def test_tolerances_may_be_traced():
     assert float(t[0]) < float(t[1])  # the tighter tolerance takes shorter steps
 
 
+@pytest.mark.parametrize("solver", [jode.Bosh3, optim.EulerHeun], ids=lambda s: s.__name__)
 @pytest.mark.parametrize(
     "test_fn, start", [(optim.CAMEL, (-0.6, 0.2)), (optim.GOLDSTEIN_PRICE, (0.5, -0.5))]
 )
-def test_flow_optimizer_reaches_global_minimum(test_fn, start):
-    # The setting of the grid comparison (Bosh3, error relative to the step, rtol 0.1).
+def test_flow_optimizer_reaches_global_minimum(test_fn, start, solver):
+    # The setting of the grid comparison (error relative to the step, rtol 0.1).
     from jode.optim.testfunctions import local_minima_table
 
     minima, values, is_global = local_minima_table(test_fn)
@@ -150,7 +181,7 @@ def test_flow_optimizer_reaches_global_minimum(test_fn, start):
             max_iters=500,
             rtol=0.1,
             atol=1e-8,
-            solver=jode.Bosh3(),
+            solver=solver(),
             error_scale="step",
         )
     )(jnp.asarray(start))

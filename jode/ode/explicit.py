@@ -126,6 +126,10 @@ def _named(tableau: tb.ButcherTableau, doc: str):
 Euler = _named(tb.EULER, "Forward Euler, order 1, constant steps only.")
 Midpoint = _named(tb.MIDPOINT, "Explicit midpoint rule, order 2, constant steps only.")
 Heun = _named(tb.HEUN, "Heun's method, order 2 with embedded Euler (adaptive 2(1)).")
+EulerHeun = _named(
+    tb.EULER_HEUN,
+    "Forward Euler with Heun's error estimate, adaptive 1(2), FSAL: one evaluation per step.",
+)
 Ralston = _named(tb.RALSTON, "Ralston's method, order 2, constant steps only.")
 RK4 = _named(tb.RK4, "The classic fourth-order Runge-Kutta method, constant steps only.")
 Bosh3 = _named(tb.BOSH3, "Bogacki-Shampine 3(2), FSAL, cubic dense output.")
@@ -135,5 +139,6 @@ Dopri8 = _named(tb.DOPRI8, "Dormand-Prince DOP853: order 8, 5th-order error esti
 
 #: Named constructors, for error messages and test registries.
 EXPLICIT_SOLVERS = {
-    m.__name__: m for m in (Euler, Midpoint, Heun, Ralston, RK4, Bosh3, Dopri5, Tsit5, Dopri8)
+    m.__name__: m
+    for m in (Euler, Midpoint, Heun, EulerHeun, Ralston, RK4, Bosh3, Dopri5, Tsit5, Dopri8)
 }

@@ -27,6 +27,7 @@ __all__ = [
     "EULER",
     "MIDPOINT",
     "HEUN",
+    "EULER_HEUN",
     "RALSTON",
     "RK4",
     "BOSH3",
@@ -250,6 +251,18 @@ MIDPOINT = _tableau("Midpoint", [(0.5,)], [0.0, 1.0], order=2)
 
 #: Heun's method with embedded Euler, order 2(1).
 HEUN = _tableau("Heun", [(1.0,)], [0.5, 0.5], order=2, b_hat=[1.0, 0.0], embedded_order=1)
+
+#: Forward Euler propagated, its error estimated against Heun's trapezoidal rule: the 1(2)
+#: pair without local extrapolation (Hairer, Nørsett & Wanner 1993, §II.4, the lowest
+#: embedded pair; HEUN above is the same pair propagating the second-order solution). The
+#: second stage f(t + h, y + h k_1) is f(t_1, y_1), so the pair is FSAL and costs one new
+#: evaluation per step; e = h/2 (k_1 - k_2) = O(h²), hence embedded_order = 1 (the order of
+#: the lower member, which sets the controller's exponent 1/2). For a gradient flow
+#: y' = -∇L(y) each step is gradient descent with the step chosen by error control,
+#: ‖e‖ = h/2 ‖∇L(y_1) - ∇L(y_0)‖.
+EULER_HEUN = _tableau(
+    "EulerHeun", [(1.0,)], [1.0, 0.0], order=1, b_hat=[0.5, 0.5], embedded_order=1
+)
 
 #: Ralston's second-order method with minimal error bound (Ralston 1962).
 RALSTON = _tableau("Ralston", [(2 / 3,)], [0.25, 0.75], order=2)

@@ -4,6 +4,7 @@ opt = jode.optim.gradient_flow(rtol=1e-3)            # an optax optimizer, no le
 res = jode.optim.minimize_by_flow(loss, θ0, args)    # integrate to a steady state
 """
 
+from ..ode.explicit import EulerHeun as EulerHeun
 from .chebyshev import Chebyshev as Chebyshev
 from .flow import FlowState as FlowState
 from .flow import gradient_flow as gradient_flow

@@ -15,6 +15,12 @@ step of an error-controlled integrator of (1):
   (`jode.ode.control.pid_update`) on the scaled embedded error
   ‖e / (atol + rtol·max(|θ_n|, |θ_{n+1}|))‖_RMS (Hairer, Nørsett & Wanner 1993, §II.4),
   or, with `error_scale="step"`, on ‖e‖_RMS / (atol + rtol·‖θ_{n+1} - θ_n‖_RMS);
+- explicit Euler with Heun's error estimate (`jode.optim.EulerHeun`, FSAL, one gradient
+  per attempted step): each accepted step is gradient descent θ_{n+1} = θ_n - h_n∇L(θ_n) with
+  h_n chosen by error control on e = h_n/2 (∇L(θ_{n+1}) - ∇L(θ_n)) (Hairer, Nørsett & Wanner
+  1993, §II.4, the 1(2) pair without local extrapolation); with `error_scale="step"` the
+  test reads ‖∇L(θ_{n+1}) - ∇L(θ_n)‖ ≤ 2·rtol‖∇L(θ_n)‖ (plus atol/h), so rtol < 1 keeps every
+  stiff mode λ at h_n λ < 2·rtol, inside Euler's stability interval;
 - linearly implicit: `jode.optim.Ros2`, a Rosenbrock W-method whose linear systems
   (I + γhH)k = r are solved by truncated conjugate gradients with Hessian-vector products
   (see `jode.optim.rosenbrock`), for stiff flows.
@@ -106,12 +112,13 @@ def _check(solver, rtol, atol, max_rejects, controller, error_scale):
     if not isinstance(solver, ExplicitRK | Ros2 | Chebyshev):
         raise ValueError(
             "solver must be an adaptive jode Runge-Kutta solver (jode.Tsit5(), jode.Bosh3(), "
-            f"jode.Dopri5(), …), jode.optim.Chebyshev() or jode.optim.Ros2(); got solver={solver!r}"
+            "jode.Dopri5(), jode.optim.EulerHeun(), …), jode.optim.Chebyshev() or "
+            f"jode.optim.Ros2(); got solver={solver!r}"
         )
     if isinstance(solver, ExplicitRK) and not solver.adaptive:
         raise ValueError(
             f"{solver!r} has no embedded error estimate, so it cannot control the flow's "
-            "step: use jode.Tsit5(), jode.Bosh3(), jode.Heun() or jode.Dopri5()"
+            "step: use jode.Tsit5(), jode.Bosh3(), jode.optim.EulerHeun() or jode.Dopri5()"
         )
     # Traced tolerances (a sweep under jit/vmap) cannot be checked before tracing.
     if _concrete(rtol) and _concrete(atol) and not (rtol >= 0 and atol >= 0 and rtol + atol > 0):
@@ -152,7 +159,8 @@ def gradient_flow(
             params = optax.apply_updates(params, updates)
 
     Args:
-        solver: `jode.Tsit5()` (default), `jode.Bosh3()`, `jode.Dopri5()`, `jode.Heun()` or
+        solver: `jode.Tsit5()` (default), `jode.Bosh3()`, `jode.Dopri5()`, `jode.Heun()`,
+            `jode.optim.EulerHeun()` (adaptive gradient descent, one gradient per attempt) or
             any adaptive `jode.ExplicitRK`; `jode.optim.Chebyshev(stages)` (stabilized
             explicit, for the real spectra of gradient flows) or `jode.optim.Ros2()` (stiff).
         rtol, atol: tolerances of the local error per step, on the parameters.

@@ -65,3 +65,34 @@ def test_inconsistent_tableaux_are_rejected():
 def test_tableau_is_immutable():
     with pytest.raises(ValueError):
         tb.RK4.a[0, 0] = 1.0
+
+
+def test_euler_heun_pair_is_fsal_with_heun_error_estimate():
+    # Euler propagated, error estimated against Heun (b̂ = (1/2, 1/2), order 2): one new
+    # evaluation per step, and the estimate is Euler's true local error to O(h³).
+    import jax.numpy as jnp
+
+    from jode.ode.explicit import EulerHeun, rk_step
+
+    t = tb.EULER_HEUN
+    assert t.fsal and t.f_evals_per_step == 1 and t.error_order == 2
+    assert tb.order_residuals(t.a, t.b, 1)[1] < 1e-15
+    assert tb.order_residuals(t.a, t.b, 2)[2] > 0.1  # Euler: order exactly 1
+    assert max(tb.order_residuals(t.a, t.b - t.b_err, 2).values()) < 1e-15  # Heun: order 2
+    assert EulerHeun().f_evals_per_step == 1 and EulerHeun().adaptive
+
+    # y' = y², y(0) = 1: y(h) = 1/(1 - h). e = h/2 (f(y0) - f(y1)), y1 = y0 + h f(y0).
+    f = lambda s, y: y**2  # noqa: E731
+    ratios = []
+    for h in (1e-2, 1e-3):
+        y0 = jnp.asarray([1.0])
+        res = rk_step(t, f, 0.0, y0, f(0.0, y0), h)
+        np.testing.assert_allclose(np.asarray(res.y1), 1.0 + h, rtol=1e-15)
+        np.testing.assert_allclose(np.asarray(res.f1), (1.0 + h) ** 2, rtol=1e-15)  # = f(y1)
+        np.testing.assert_allclose(
+            np.asarray(res.error), 0.5 * h * (1.0 - (1.0 + h) ** 2), rtol=1e-12
+        )
+        true = float(res.y1[0]) - 1.0 / (1.0 - h)
+        ratios.append(float(res.error[0]) / true)
+    # error/true = 1 + O(h): the deviation shrinks tenfold with h.
+    assert abs(ratios[0] - 1) < 0.05 and abs(ratios[1] - 1) < 0.1 * abs(ratios[0] - 1) * 1.2
