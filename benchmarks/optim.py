@@ -5,11 +5,12 @@
    Event) vs scipy's solve_ivp (RK45 with a terminal event) — steady-state wall time,
    compile time, gradient evaluations.
 2. Cost of one optimizer step on the digits 0-4 MLP (64-32-5, 500 images, float32):
-   gradient_flow (Bosh3, Tsit5) vs optax Adam vs a bare value_and_grad.
+   gradient_flow (EulerHeun, Bosh3, Tsit5, Chebyshev) vs optax Adam vs a bare value_and_grad.
 3. The digits 0-4 training protocol (early stopping): flow vs Adam wall time, with the
    patience counted in iterations (the article's rule) and in gradient evaluations.
+4. The same, interleaved and min-of-7 per seed (the wall-time ratios to trust).
 
-    python benchmarks/optim.py [--quick]
+    python benchmarks/optim.py [--quick] [--only-protocol-wall]
 """
 
 from __future__ import annotations
@@ -140,6 +141,12 @@ def step_cost(quick):
     for name, kind, lr, kw in [
         ("value_and_grad only", None, None, {}),
         ("optax adam", "adam", 3e-2, {}),
+        (
+            "gradient_flow EulerHeun (PI)",
+            "flow",
+            None,
+            dict(rtol=0.1, atol=0.01, solver=optim.EulerHeun(), controller=exp.PI_CONTROLLER),
+        ),
         ("gradient_flow Bosh3", "flow", None, dict(rtol=1e-3, atol=1e-4, solver=jode.Bosh3())),
         ("gradient_flow Tsit5", "flow", None, dict(rtol=1e-3, atol=1e-4)),
         (
@@ -178,12 +185,15 @@ def step_cost(quick):
 
 
 def protocol(quick):
-    """Adam and the Chebyshev flow at the settings the experiment's tuning picked."""
+    """Adam and the EulerHeun and Chebyshev flows at the settings the experiment's tuning
+    picked."""
     seeds = (0,) if quick else (0, 1, 2)
+    euler = exp.TRAIN_OPTIMIZERS["flow (EulerHeun)"]
     cheb = exp.TRAIN_OPTIMIZERS["flow (Chebyshev)"]
     cheb_evals = exp.TRAIN_OPTIMIZERS["flow (Chebyshev), patience 50 evals"]
     opts = {
         "adam": ("adam", (1e-1,), {}),
+        "flow (EulerHeun)": (euler[0], (1e-1,), euler[2]),
         "flow (Chebyshev)": (cheb[0], (1.0,), cheb[2]),
         "flow (Chebyshev), patience 50 evals": (cheb_evals[0], (1.0,), cheb_evals[2]),
     }
@@ -200,8 +210,10 @@ def protocol_wall(quick, repeats: int = 7):
     train, val, _ = exp.digits_data(0)
     f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
     cheb = optim.Chebyshev(stages=10)
+    euler = dict(solver=optim.EulerHeun(), controller=exp.PI_CONTROLLER)
     setups = {
         "adam": ("adam", dict(learning_rate=f32(0.1))),
+        "flow (EulerHeun)": ("flow", dict(rtol=f32(0.1), atol=f32(0.01), **euler)),
         "flow (Chebyshev)": ("flow", dict(rtol=1.0, atol=0.1, solver=cheb)),
         "flow (Chebyshev), patience 50 evals": (
             "flow",
@@ -237,11 +249,18 @@ def protocol_wall(quick, repeats: int = 7):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
-    quick = parser.parse_args().quick
+    parser.add_argument(
+        "--only-protocol-wall", action="store_true", help="run section 4 only (a few minutes)"
+    )
+    cli = parser.parse_args()
+    quick = cli.quick
     print(
         f"jax {jax.__version__}, diffrax {diffrax.__version__}, optax {optax.__version__}, "
         f"device {jax.devices()[0].platform}"
     )
+    if cli.only_protocol_wall:
+        print_protocol_wall(quick)
+        return
     print("\n## 1. Gradient flow to a steady state (‖∇f‖ ≤ 1e-5, rtol 1e-8, atol 1e-10)\n")
     print(
         "| function | method | compile s | run ms | gradient evals | f - f* |\n"
@@ -267,6 +286,10 @@ def main():
             f"{r['grad_evals']:.0f} | {r['wall_s']:.3f} | {'-' if to is None else f'{to:.3f}'} | "
             f"{r['compile_s']:.1f} |"
         )
+    print_protocol_wall(quick)
+
+
+def print_protocol_wall(quick):
     print("\n## 4. Digits 0-4 protocol, interleaved min-of-7 wall times per seed (seeds 0-4)\n")
     print("| optimizer | wall s (sum of per-seed minima) | gradient evals (mean) | ratio to Adam |")
     print("|---|---|---|---|")

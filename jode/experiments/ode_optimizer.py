@@ -11,7 +11,7 @@ differential equations" (Towards Data Science, 2020) after Owens & Filkin (1989)
 2. an MLP on scikit-learn's digits 0-4 with the article's protocol scaled to that data set
    (100 images per digit for training, 40 per digit for validation, early stopping when 50
    iterations bring no 5 % improvement of the validation loss, accuracy on all remaining
-   0-4 images), gradient flow (Runge-Kutta-Chebyshev, Bosh3, Ros2) vs Adam vs SGD, each
+   0-4 images), gradient flow (Euler-Heun, Runge-Kutta-Chebyshev, Bosh3, Ros2) vs Adam vs SGD, each
    with its knob tuned on the validation loss; the Chebyshev flow also with the patience
    counted in gradient evaluations, and every flow records when it first reaches Adam's
    best validation loss;
@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jode.ode.explicit import Bosh3, Tsit5
+from jode.ode.control import PIDController
+from jode.ode.explicit import Bosh3, EulerHeun, Tsit5
 from jode.optim import compare as C
 from jode.optim.chebyshev import Chebyshev
 from jode.optim.rosenbrock import Ros2
@@ -44,6 +45,7 @@ ORDER = 50
 #: (error_scale="step", see `jode.optim.gradient_flow`): one setting, rtol 0.1, serves all
 #: three functions (Ros2 keeps the classic scale).
 OPTIMIZERS_2D = {
+    "flow (EulerHeun)": ("flow", dict(solver=EulerHeun(), atol=1e-8, error_scale="step"), 0.1),
     "flow (Bosh3)": ("flow", dict(solver=Bosh3(), atol=1e-8, error_scale="step"), 0.1),
     "flow (Tsit5)": ("flow", dict(solver=Tsit5(), atol=1e-8, error_scale="step"), 0.1),
     "flow (Chebyshev)": (
@@ -193,6 +195,7 @@ def _contour(ax, key):
 
 
 COLORS = {
+    "flow (EulerHeun)": "C9",
     "flow (Bosh3)": "C3",
     "flow (Tsit5)": "C6",
     "flow (Chebyshev)": "C8",
@@ -252,8 +255,18 @@ def path_gif(out_dir: Path, key: str, paths: dict, frames: int):
 #: "patience 50 evals" counts the early-stopping patience in gradient evaluations instead of
 #: iterations: the same rule for Adam and SGD, whose iteration is one evaluation.
 FLOW_RTOL_GRID = (1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+#: The PI step-size controller of Hairer & Wanner (1996, §IV.2, α = 0.7/k, β = 0.4/k): an
+#: explicit flow on a network's loss runs at its stability boundary, where the I-controller
+#: lets the step oscillate and rejects often (EulerHeun on digits: 654 evaluations per run on
+#: average with it, 460 with PI, seeds 0-4 at rtol 0.1).
+PI_CONTROLLER = PIDController(pcoeff=0.4, icoeff=0.3)
 TRAIN_OPTIMIZERS = {
     "adam": ("adam", (1e-3, 3e-3, 1e-2, 3e-2, 1e-1), {}),
+    "flow (EulerHeun)": (
+        "flow",
+        FLOW_RTOL_GRID,
+        dict(solver=EulerHeun(), controller=PI_CONTROLLER),
+    ),
     "flow (Chebyshev)": ("flow", FLOW_RTOL_GRID, dict(solver=Chebyshev(stages=10))),
     "flow (Chebyshev), patience 50 evals": (
         "flow",
@@ -511,7 +524,7 @@ def run_networks(out_dir: Path, quick: bool) -> dict:
     metrics["digits"] = digits
     adam = digits["adam"]
     metrics["digits_flow_vs_adam"] = {}
-    for name in ("flow (Chebyshev)", "flow (Chebyshev), patience 50 evals"):
+    for name in ("flow (EulerHeun)", "flow (Chebyshev)", "flow (Chebyshev), patience 50 evals"):
         if name not in digits:
             continue
         flow = digits[name]
