@@ -9,8 +9,11 @@
 3. The digits 0-4 training protocol (early stopping): flow vs Adam wall time, with the
    patience counted in iterations (the article's rule) and in gradient evaluations.
 4. The same, interleaved and min-of-7 per seed (the wall-time ratios to trust).
+5. The heavy-ball flow θ'' + γθ' + ∇f = 0 (Bosh3) on the six-hump camel and Goldstein-Price
+   21 x 21 grids: damping γ x rtol sweep, starts reaching a minimum / the global minimum and
+   the median gradient evaluations (the comparison's target and rule).
 
-    python benchmarks/optim.py [--quick] [--only-protocol-wall]
+    python benchmarks/optim.py [--quick] [--only-protocol-wall] [--only-heavy-ball]
 """
 
 from __future__ import annotations
@@ -246,11 +249,59 @@ def protocol_wall(quick, repeats: int = 7):
     return {name: (total[name], float(np.mean(evals[name]))) for name in runs}
 
 
+def heavy_ball_sweep(quick):
+    """Rows (function, γ, rtol, reached, reached global, median grad evals) on the 21x21 grid."""
+    from jode.optim.testfunctions import TEST_FUNCTIONS, local_minima_table
+
+    rows = []
+    gammas = (10.0,) if quick else (3.0, 10.0, 30.0)
+    for key in ("camel", "goldstein_price"):
+        test = TEST_FUNCTIONS[key]
+        minima, values, is_global = local_minima_table(test)
+        starts = exp.grid_starts(test, 21)
+
+        def one(x, rtol, gamma, test=test, minima=minima, values=values):
+            return compare.run_to_target(
+                "heavy-ball",
+                test.fn,
+                x,
+                minima,
+                values,
+                max_iters=3000,
+                target=exp.TARGET,
+                rtol=rtol,
+                atol=1e-8,
+                solver=jode.Bosh3(),
+                damping=gamma,
+            )
+
+        batch = jax.jit(jax.vmap(one, in_axes=(0, None, None)))
+        for gamma in gammas:
+            for rtol in exp.RTOL_GRID:
+                res = batch(starts, jnp.asarray(rtol), jnp.asarray(gamma))
+                s = exp._summary(res, is_global, rtol)
+                rows.append(
+                    (key, gamma, rtol, s["reached"], s["reached_global"], s["median_grad_evals"])
+                )
+    return rows
+
+
+def print_heavy_ball(quick):
+    print("\n## 5. Heavy-ball flow (Bosh3, atol 1e-8), 21 x 21 grid, ≤ 3000 iterations\n")
+    print("| function | γ | rtol | reached | reached global | median grad evals |")
+    print("|---|---|---|---|---|---|")
+    for key, gamma, rtol, reached, glob, evals in heavy_ball_sweep(quick):
+        print(f"| {key} | {gamma:g} | {rtol:g} | {reached} | {glob} | {evals} |")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
         "--only-protocol-wall", action="store_true", help="run section 4 only (a few minutes)"
+    )
+    parser.add_argument(
+        "--only-heavy-ball", action="store_true", help="run section 5 only (a few minutes)"
     )
     cli = parser.parse_args()
     quick = cli.quick
@@ -260,6 +311,9 @@ def main():
     )
     if cli.only_protocol_wall:
         print_protocol_wall(quick)
+        return
+    if cli.only_heavy_ball:
+        print_heavy_ball(quick)
         return
     print("\n## 1. Gradient flow to a steady state (‖∇f‖ ≤ 1e-5, rtol 1e-8, atol 1e-10)\n")
     print(
@@ -287,6 +341,7 @@ def main():
             f"{r['compile_s']:.1f} |"
         )
     print_protocol_wall(quick)
+    print_heavy_ball(quick)
 
 
 def print_protocol_wall(quick):

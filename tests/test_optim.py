@@ -145,6 +145,41 @@ def test_euler_heun_flow_is_gradient_descent_at_one_gradient_per_step():
     assert float(jnp.min(hs)) > 0
 
 
+def test_heavy_ball_flow_follows_damped_oscillator_and_converges():
+    # θ'' + γθ' + a(θ - c) = 0, θ'(0) = 0, every mode underdamped (γ = 1 < 2√a):
+    # θ(t) = c + e^{-γt/2} (x0 cos ωt + γ/(2ω) x0 sin ωt), x0 = θ(0) - c, ω = √(a - γ²/4).
+    gamma = 1.0
+
+    def exact(t):
+        def one(a, c, p0):
+            w = jnp.sqrt(a - gamma**2 / 4)
+            x0 = p0 - c
+            return c + jnp.exp(-gamma * t / 2) * (
+                x0 * jnp.cos(w * t) + gamma / (2 * w) * x0 * jnp.sin(w * t)
+            )
+
+        return jax.tree.map(one, A, CENTER, P0)
+
+    opt = optim.heavy_ball_flow(jode.Tsit5(), damping=gamma, rtol=1e-8, atol=1e-10)
+    (p, state), _ = _run(opt, quadratic, P0, 40)
+    st = state.flow
+    assert float(st.t) > 2.0  # past the first overshoot of the stiffest mode (a = 8)
+    assert _max_diff(p, exact(st.t)) < 1e-7
+    assert abs(float(st.value) - float(quadratic(p))) < 1e-12
+    assert _max_diff(st.grad, jax.grad(quadratic)(p)) < 1e-12
+    assert int(st.nfev) == 1 + 6 * (int(st.count) + int(st.rejected))  # FSAL: 6 per try
+    # The velocity in the state is θ' of the exact solution (finite difference of it).
+    eps = 1e-6
+    fd = jax.tree.map(lambda a, b: (a - b) / (2 * eps), exact(st.t + eps), exact(st.t - eps))
+    assert _max_diff(state.velocity, fd) < 1e-6
+    # With a loose tolerance it comes to rest at the minimizer.
+    opt = optim.heavy_ball_flow(
+        jode.Tsit5(), damping=gamma, rtol=1e-3, atol=1e-12, error_scale="step"
+    )
+    (p, _), _ = _run(opt, quadratic, P0, 150)
+    assert _max_diff(p, CENTER) < 1e-9
+
+
 def test_tolerances_may_be_traced():
     # rtol as a traced scalar (a vmapped sweep) gives the iterates of a concrete rtol (to
     # rounding: the batched controller arithmetic may differ in the last bits).
@@ -356,5 +391,9 @@ def test_bad_arguments():
         optim.minimize_by_flow(lambda p, _: jnp.sum(p**2), jnp.ones(2), gtol=0.0)
     with pytest.raises(ValueError, match="error_scale"):
         optim.gradient_flow(error_scale="relative")
+    with pytest.raises(ValueError, match="damping"):
+        optim.heavy_ball_flow(damping=0.0)
+    with pytest.raises(ValueError, match="explicit"):
+        optim.heavy_ball_flow(optim.Ros2())
     with pytest.raises(ValueError, match="krylov_steps"):
         optim.Ros2(krylov_steps=0)

@@ -16,6 +16,10 @@ differential equations" (Towards Data Science, 2020) after Owens & Filkin (1989)
    counted in gradient evaluations, and every flow records when it first reaches Adam's
    best validation loss;
 3. the XOR truth table as a smoke case, and real MNIST 0-4 when $JODE_MNIST_DIR is set.
+
+On the test functions the damped second-order flow θ'' + γθ' + ∇f = 0
+(`jode.optim.heavy_ball_flow`) runs beside them, as its own optimizer: its inertia can leave
+the basin the gradient flow is confined to.
 """
 
 from __future__ import annotations
@@ -54,6 +58,13 @@ OPTIMIZERS_2D = {
         0.1,
     ),
     "flow (Ros2)": ("flow-ros2", dict(solver=Ros2(), atol=1e-5), 1e-3),
+    # Not the gradient flow: θ'' + γθ' + ∇f = 0 (see `jode.optim.heavy_ball_flow`); γ = 10 is
+    # the middle of the sweep in benchmarks/optim.py §5 and is not tuned per function.
+    "heavy-ball flow (Bosh3)": (
+        "heavy-ball",
+        dict(solver=Bosh3(), atol=1e-8, damping=10.0),
+        0.1,
+    ),
     "SGD": ("sgd", {}, None),
     "momentum": ("momentum", {}, None),
     "Adam": ("adam", {}, None),
@@ -70,6 +81,11 @@ TARGET = 1e-6
 # --------------------------------------------------------------------------------------
 # 1. Test functions
 # --------------------------------------------------------------------------------------
+
+
+def _is_flow(kind: str) -> bool:
+    """Optimizers whose knob is rtol (the ODE integrators), not a learning rate."""
+    return kind.startswith("flow") or kind == "heavy-ball"
 
 
 def grid_starts(test, n: int) -> jax.Array:
@@ -112,7 +128,7 @@ def compare_function(key: str, n_grid: int, names, max_iters: int, tune: bool, n
     out = {}
     for name in names:
         kind, fixed, default = OPTIMIZERS_2D[name]
-        is_flow = kind.startswith("flow")
+        is_flow = _is_flow(kind)
 
         def one(x, knob, kind=kind, fixed=fixed, is_flow=is_flow):
             knobs = dict(rtol=knob) if is_flow else dict(learning_rate=knob)
@@ -170,7 +186,7 @@ def _paths(key, names, knobs, x0, n_iters):
     for name in names:
         kind, fixed, _ = OPTIMIZERS_2D[name]
         knob = knobs.get(name)
-        opts = dict(fixed, rtol=knob) if kind.startswith("flow") else dict(learning_rate=knob)
+        opts = dict(fixed, rtol=knob) if _is_flow(kind) else dict(learning_rate=knob)
         f = jax.jit(lambda x, kind=kind, opts=opts: C.trajectory(kind, test.fn, x, n_iters, **opts))
         paths[name] = np.asarray(f(jnp.asarray(x0, jnp.float64)))
     return paths
@@ -200,6 +216,7 @@ COLORS = {
     "flow (Tsit5)": "C6",
     "flow (Chebyshev)": "C8",
     "flow (Ros2)": "C5",
+    "heavy-ball flow (Bosh3)": "C7",
     "SGD": "C0",
     "momentum": "C1",
     "Adam": "C2",
@@ -340,7 +357,7 @@ def train_compare(data, sizes, seeds, optimizers, max_iters: int, progress=None)
     for name, (kind, lrs, kw) in optimizers.items():
 
         def one(p, knob, tgt, kind=kind, kw=kw):
-            if kind.startswith("flow"):
+            if _is_flow(kind):
                 knobs = dict(rtol=knob, atol=0.1 * knob)
             else:
                 knobs = dict(learning_rate=knob)

@@ -2,12 +2,15 @@
 
 opt = jode.optim.gradient_flow(rtol=1e-3)            # an optax optimizer, no learning rate
 res = jode.optim.minimize_by_flow(loss, θ0, args)    # integrate to a steady state
+opt = jode.optim.heavy_ball_flow(damping=1.0)        # θ'' + γθ' + ∇L(θ) = 0 (another ODE)
 """
 
 from ..ode.explicit import EulerHeun as EulerHeun
 from .chebyshev import Chebyshev as Chebyshev
 from .flow import FlowState as FlowState
 from .flow import gradient_flow as gradient_flow
+from .heavy_ball import HeavyBallState as HeavyBallState
+from .heavy_ball import heavy_ball_flow as heavy_ball_flow
 from .minimize import FlowResult as FlowResult
 from .minimize import minimize_by_flow as minimize_by_flow
 from .rosenbrock import Ros2 as Ros2

@@ -19,12 +19,14 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from .flow import FlowState, gradient_flow
+from .heavy_ball import heavy_ball_flow
 from .minimize import minimize_by_flow
 from .rosenbrock import Ros2
 
 #: Optimizer kinds understood by `make_optimizer`.
-KINDS = ("flow", "flow-ros2", "sgd", "momentum", "adam", "lbfgs")
-_FROM_STATE = ("flow", "flow-ros2", "lbfgs")
+KINDS = ("flow", "flow-ros2", "heavy-ball", "sgd", "momentum", "adam", "lbfgs")
+_FLOWS = ("flow", "flow-ros2", "heavy-ball")
+_FROM_STATE = (*_FLOWS, "lbfgs")
 
 
 def make_optimizer(
@@ -36,18 +38,24 @@ def make_optimizer(
     solver=None,
     controller=None,
     error_scale="params",
+    damping=1.0,
 ):
     """An optax optimizer by name; `learning_rate` may be a traced scalar.
 
     "flow" is `gradient_flow(solver or Tsit5, rtol, atol)`, "flow-ros2" the same with
-    `Ros2()`; "momentum" is SGD with Polyak momentum 0.9; "lbfgs" is `optax.lbfgs()` with
-    its zoom line search (no learning rate).
+    `Ros2()`; "heavy-ball" is `heavy_ball_flow(solver or Tsit5, damping, rtol, atol)`;
+    "momentum" is SGD with Polyak momentum 0.9; "lbfgs" is `optax.lbfgs()` with its zoom
+    line search (no learning rate).
     """
     if kind == "flow":
         return gradient_flow(solver, rtol, atol, controller=controller, error_scale=error_scale)
     if kind == "flow-ros2":
         solver = Ros2() if solver is None else solver
         return gradient_flow(solver, rtol, atol, controller=controller, error_scale=error_scale)
+    if kind == "heavy-ball":
+        return heavy_ball_flow(
+            solver, damping, rtol, atol, controller=controller, error_scale=error_scale
+        )
     if kind == "lbfgs":
         return optax.lbfgs()
     if learning_rate is None:
@@ -71,14 +79,14 @@ def _flow_state(opt_state) -> FlowState:
 
 def _hvps(kind, opt_state):
     """Hessian-vector products spent so far (the Ros2 flow's linear solves; 0 for others)."""
-    if kind in ("flow", "flow-ros2"):
+    if kind in _FLOWS:
         return _flow_state(opt_state).nhvp
     return jnp.zeros((), jnp.int32)
 
 
 def _grad_evals(kind, opt_state, k, ls_total):
     """Gradient evaluations spent so far, the current point's included."""
-    if kind in ("flow", "flow-ros2"):
+    if kind in _FLOWS:
         return _flow_state(opt_state).nfev + 1
     if kind == "lbfgs":
         return ls_total + 1
@@ -144,6 +152,7 @@ def run_to_target(
     solver=None,
     controller=None,
     error_scale="params",
+    damping=1.0,
 ):
     """Optimize `loss` from x0 until f(x) - f(nearest minimum) < target, or max_iters.
 
@@ -161,6 +170,7 @@ def run_to_target(
         solver=solver,
         controller=controller,
         error_scale=error_scale,
+        damping=damping,
     )
 
     def nearest(x):
@@ -193,7 +203,8 @@ def run_to_target(
 def trajectory(kind, loss, x0, n_iters, *, learning_rate=None, **flow_kwargs):
     """The iterates x_0..x_n of `n_iters` iterations (for path plots), as an (n+1, d) array.
 
-    `flow_kwargs` (rtol, atol, solver, controller, error_scale) go to `make_optimizer`.
+    `flow_kwargs` (rtol, atol, solver, controller, error_scale, damping) go to
+    `make_optimizer`.
     """
     opt = make_optimizer(kind, learning_rate, **flow_kwargs)
 
