@@ -3,6 +3,11 @@
     sol = jode.solve(f, y0, t0, t1, args=p, solver=jode.Tsit5(), saveat=ts)
 """
 
+from ._xla import configure as _configure_xla
+from ._xla import xla_flags_applied as xla_flags_applied
+
+_configure_xla()  # before anything creates JAX's CPU client (see jode/_xla.py)
+
 # The application layer, as submodules: jode.fit, jode.sweep, jode.trial, jode.nn, jode.optim …
 from . import data as data  # noqa: E402
 from . import fit as fit  # noqa: E402

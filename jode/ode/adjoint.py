@@ -127,9 +127,16 @@ def _split(tree):
     return diff, arrays, static
 
 
+def _set_row(buf, idx, value):
+    """buf[idx] = value as a dynamic-update-slice (XLA:CPU runs a loop holding no scatter
+    as one compiled kernel when it is small; `.at[idx].set` would be a scatter)."""
+    return jax.lax.dynamic_update_index_in_dim(buf, value, idx, 0)
+
+
 def _write_row(buf, idx, value, do):
-    idx = jnp.where(do, idx, buf.shape[0])
-    return buf.at[idx].set(value, mode="drop")
+    """buf[idx] = value where `do`, else unchanged (`idx` must be in range)."""
+    old = jax.lax.dynamic_index_in_dim(buf, idx, 0, keepdims=False)
+    return _set_row(buf, idx, jnp.where(do, value, old))
 
 
 class _Hoisted(eqx.Module):
@@ -241,7 +248,7 @@ def checkpointed_loop(cond, body, init, args, max_iter, *, checkpoints=None, wri
         def body_fn(state):
             i, core, bufs, ck, roll = state
             ck = jax.tree.map(lambda b, x: _write_row(b, i // k, x, i % k == 0), ck, core)
-            roll = jax.tree.map(lambda b, x: b.at[i % k].set(x), roll, core)
+            roll = jax.tree.map(lambda b, x: _set_row(b, i % k, x), roll, core)
             core, bufs = step(core, bufs, a_f, a_a, b_f, b_a)
             return i + 1, core, bufs, ck, roll
 
@@ -275,7 +282,7 @@ def checkpointed_loop(cond, body, init, args, max_iter, *, checkpoints=None, wri
 
             def recompute(j, st):
                 core, store = st
-                store = jax.tree.map(lambda b, x: b.at[j].set(x), store, core)
+                store = jax.tree.map(lambda b, x: _set_row(b, j, x), store, core)
                 core, _ = step(core, bufs_final, a_f, a_a, b_f, b_a)
                 return core, store
 

@@ -246,9 +246,12 @@ def _drain_saves(prob, ys, save_idx, last_t, last_h, coeffs, live):
     order) and which rows never reached are replaced by inf after the loop.
     """
     d, ts = prob.direction, prob.ts
-    n_save = ts.shape[0]
+    # ts carries SAVE_WINDOW copies of its last time, so the window is a dynamic slice
+    # (a gather's transpose would be a scatter, which keeps XLA:CPU from compiling the
+    # differentiated loop into one kernel).
+    n_save = ts.shape[0] - SAVE_WINDOW
     window = save_idx + jnp.arange(SAVE_WINDOW, dtype=save_idx.dtype)
-    t_win = ts[jnp.minimum(window, n_save - 1)]
+    t_win = jax.lax.dynamic_slice_in_dim(ts, save_idx, SAVE_WINDOW)
     t_stop = last_t + last_h
     inside = live & (window < n_save) & (d * t_win <= d * t_stop)
     safe_h = jnp.where(last_h == 0, 1, last_h)
@@ -590,7 +593,7 @@ def _while_solve(
         direction=direction,
         rtol=_flatten_tol(rtol, y0_tree, dtype),
         atol=_flatten_tol(atol, y0_tree, dtype),
-        ts=ts,
+        ts=None if ts is None else jnp.concatenate([ts, jnp.repeat(ts[-1:], SAVE_WINDOW)]),
         jump_ts=None if jump_ts is None else jnp.asarray(jump_ts, dtype),
         max_steps=max_steps,
         stop=stop,
@@ -660,7 +663,7 @@ def _while_solve(
         direction=direction,
         rtol=prob.rtol,
         atol=prob.atol,
-        ts=ts,
+        ts=prob.ts,
         jump_ts=prob.jump_ts,
     )
 
