@@ -198,7 +198,7 @@ def protocol(quick):
         "adam": ("adam", (1e-1,), {}),
         "flow (EulerHeun)": (euler[0], (1e-1,), euler[2]),
         "flow (Chebyshev)": (cheb[0], (1.0,), cheb[2]),
-        "flow (Chebyshev), patience 50 evals": (cheb_evals[0], (1.0,), cheb_evals[2]),
+        "flow (Chebyshev), patience 50 evals": (cheb_evals[0], (0.3,), cheb_evals[2]),
     }
     return exp.train_compare(exp.digits_data(0), (64, 32, 5), seeds, opts, max_iters=5000)
 
@@ -216,11 +216,12 @@ def protocol_wall(quick, repeats: int = 7):
     euler = dict(solver=optim.EulerHeun(), controller=exp.PI_CONTROLLER)
     setups = {
         "adam": ("adam", dict(learning_rate=f32(0.1))),
-        "flow (EulerHeun)": ("flow", dict(rtol=f32(0.1), atol=f32(0.01), **euler)),
-        "flow (Chebyshev)": ("flow", dict(rtol=1.0, atol=0.1, solver=cheb)),
+        # atol = 0.1 x rtol computed in float32, exactly as the experiment's tuning does.
+        "flow (EulerHeun)": ("flow", dict(rtol=f32(0.1), atol=0.1 * f32(0.1), **euler)),
+        "flow (Chebyshev)": ("flow", dict(rtol=f32(1.0), atol=0.1 * f32(1.0), solver=cheb)),
         "flow (Chebyshev), patience 50 evals": (
             "flow",
-            dict(rtol=1.0, atol=0.1, solver=cheb, patience_unit="grad_evals"),
+            dict(rtol=f32(0.3), atol=0.1 * f32(0.3), solver=cheb, patience_unit="grad_evals"),
         ),
     }
     runs = {

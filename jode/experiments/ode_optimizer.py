@@ -299,7 +299,7 @@ TRAIN_OPTIMIZERS = {
     "sgd": ("sgd", (0.1, 0.3, 1.0, 3.0, 10.0), {}),
 }
 #: Quick mode: two optimizers, untuned (the values the full mode's tuning picked).
-QUICK_TRAIN = {"adam": 1e-1, "flow (Chebyshev), patience 50 evals": 1.0}
+QUICK_TRAIN = {"adam": 1e-1, "flow (Chebyshev), patience 50 evals": 0.3}
 
 
 def split_per_class(x, y, n_train: int, n_val: int, seed: int):
