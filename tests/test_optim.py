@@ -1,5 +1,6 @@
 """Gradient-flow optimizer: optax contract, accuracy against the exact flow of a quadratic,
-the stiff Ros2 variant, minimize_by_flow on the camel and Goldstein-Price minima, XOR."""
+EulerHeun's one-gradient steps, the stiff Ros2 variant, the heavy-ball flow against the exact
+damped oscillator, minimize_by_flow on the camel and Goldstein-Price minima, XOR."""
 
 import jax
 import jax.numpy as jnp
