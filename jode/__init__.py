@@ -39,6 +39,7 @@ from .ode.explicit import Bosh3 as Bosh3
 from .ode.explicit import Dopri5 as Dopri5
 from .ode.explicit import Dopri8 as Dopri8
 from .ode.explicit import Euler as Euler
+from .ode.explicit import EulerHeun as EulerHeun
 from .ode.explicit import ExplicitRK as ExplicitRK
 from .ode.explicit import Heun as Heun
 from .ode.explicit import Midpoint as Midpoint

@@ -32,7 +32,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.linalg import lu_factor, lu_solve
+from .linalg import lu_factor, lu_solve
 
 from . import tableaus as tb
 from .interpolation import hermite_coeffs
@@ -229,7 +229,7 @@ class ESDIRK(_ImplicitBase):
         a_low = jnp.asarray(np.tril(tab.a, -1), dtype)
         c = jnp.asarray(tab.c, dtype)
         pred = jnp.asarray(stage_predictor(tab.c, self.predictor_points), dtype)
-        ks = jnp.zeros((s, n), dtype).at[0].set(fy)
+        ks = jnp.concatenate([fy[None], jnp.zeros((s - 1, n), dtype)])
 
         def stage(carry, i):
             ks, eta, iters, ok, theta_ok = carry
@@ -240,8 +240,9 @@ class ESDIRK(_ImplicitBase):
                 self.kappa, self.max_iters, eta, floor,
             )
             fast = info.eta <= reuse_theta / (1.0 - reuse_theta)
-            return (ks.at[i].set(k), info.eta, iters + info.iterations,
-                    ok & info.converged, theta_ok & fast), None
+            ks = jax.lax.dynamic_update_index_in_dim(ks, k, i, 0)
+            return (ks, info.eta, iters + info.iterations, ok & info.converged,
+                    theta_ok & fast), None
 
         init = (ks, state.eta, jnp.zeros((), jnp.int32), jnp.ones((), bool), jnp.ones((), bool))
         (ks, eta, iters, ok, fast), _ = jax.lax.scan(stage, init, jnp.arange(1, s))
@@ -290,12 +291,13 @@ class Rosenbrock(_ImplicitBase):
             lambda: (state.jac, state.f_t),
         )
         lu = lu_factor(jnp.eye(n, dtype=dtype) / (gamma * h) - jac)
-        us = jnp.zeros((s, n), dtype).at[0].set(lu_solve(lu, fy + (d[0] * h) * f_t))
+        u0 = lu_solve(lu, fy + (d[0] * h) * f_t)
+        us = jnp.concatenate([u0[None], jnp.zeros((s - 1, n), dtype)])
 
         def stage(us, i):
             fi = f(t + c[i] * h, y + a[i] @ us)
             rhs = fi + (cmat[i] @ us) / h + (d[i] * h) * f_t
-            return us.at[i].set(lu_solve(lu, rhs)), None
+            return jax.lax.dynamic_update_index_in_dim(us, lu_solve(lu, rhs), i, 0), None
 
         us, _ = jax.lax.scan(stage, us, jnp.arange(1, s))
         y1 = y + m @ us

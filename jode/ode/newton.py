@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import lu_solve
+from .linalg import lu_factor, lu_solve
 
 
 class NewtonInfo(NamedTuple):
@@ -42,7 +42,7 @@ def _dense_tangent_solve(linear_fn, rhs):
     # Only used under differentiation: materialize the exact Jacobian of the residual at the
     # root (n Jacobian-vector products) and solve with it.
     matrix = jax.jacfwd(linear_fn)(rhs)
-    return jnp.linalg.solve(matrix, rhs)
+    return lu_solve(lu_factor(matrix), rhs)
 
 
 #: Lower bound on the η used by a stage's first iteration. The η left by the previous
@@ -57,7 +57,7 @@ def newton_iterate(residual, guess, lu, weight, kappa, max_iters, eta0, floor=0.
     Args:
         residual: k -> r(k).
         guess: starting k.
-        lu: `jax.scipy.linalg.lu_factor` of the iteration matrix M.
+        lu: `jode.ode.linalg.lu_factor` of the iteration matrix M.
         weight: per-component factor turning Δk into the scaled Δy (hγ / scale).
         kappa: stopping tolerance κ on the scaled norm.
         max_iters: most iterations.
