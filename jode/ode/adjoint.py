@@ -100,7 +100,9 @@ class DirectAdjoint(AbstractAdjoint):
 
     def __check_init__(self):
         if self.checkpoints is not None and self.checkpoints < 1:
-            raise ValueError(f"checkpoints must be >= 1 or None; got checkpoints={self.checkpoints}")
+            raise ValueError(
+                f"checkpoints must be >= 1 or None; got checkpoints={self.checkpoints}"
+            )
 
     def loop(self, cond, body, init, args, max_iter, write_only=None):
         return checkpointed_loop(
@@ -451,7 +453,8 @@ def _backsolve_bwd(residuals, grad_sol, perturbed, diff, adjoint, solve_fn, kwar
         n_ya = 2 * y0_flat.size
         n_all = n_ya + sum(x.size for x in jax.tree.leaves(theta))
         c = (n_ya / n_all) ** 0.5
-        big = jax.tree.map(lambda x: jnp.asarray(1e30 if dtype == jnp.float32 else 1e200, dtype), theta)
+        huge = 1e30 if dtype == jnp.float32 else 1e200
+        big = jax.tree.map(lambda x: jnp.asarray(huge, dtype), theta)
         ones = jax.tree.map(lambda x: jnp.ones((), dtype), theta)
         rtol = (c * rtol, c * rtol, ones)
         atol = (c * atol, c * atol, big)

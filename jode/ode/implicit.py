@@ -32,10 +32,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from .linalg import lu_factor, lu_solve
 
 from . import tableaus as tb
 from .interpolation import hermite_coeffs
+from .linalg import lu_factor, lu_solve
 from .newton import newton_solve
 
 __all__ = [

@@ -48,5 +48,6 @@ def lu_solve(lu_and_pivots, b):
         x = x - jnp.where(rows > k, lu[:, k].reshape(rows.shape), 0.0) * x[k]
     for k in range(n - 1, -1, -1):  # U x = y
         xk = x[k] / lu[k, k]
-        x = jnp.where(rows == k, xk, x - jnp.where(rows < k, lu[:, k].reshape(rows.shape), 0.0) * xk)
+        above = jnp.where(rows < k, lu[:, k].reshape(rows.shape), 0.0)
+        x = jnp.where(rows == k, xk, x - above * xk)
     return x

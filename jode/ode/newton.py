@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
 from .linalg import lu_factor, lu_solve
 
 
