@@ -173,7 +173,7 @@ def equal_accuracy(name, f, y0, args, t1, atol, ref, diffrax_runs, repeats, extr
         best = min(ok, key=lambda r: r[2])
         print(f"| {name} | diffrax rtol {dx_rtol:.0e}: {1e3 * dx['time']:.1f} ms, error "
               f"{dx_acc:.2g} | {best[0]} rtol {best[1]:.0e}: {1e3 * best[2]:.1f} ms, error "
-              f"{best[3]:.2g} | {best[2] / dx['time']:.2f}x |", flush=True)
+              f"{best[3]:.2g} | {best[2] / dx['time']:.2g}x |", flush=True)
 
 
 def main(quick: bool):
@@ -203,7 +203,7 @@ def main(quick: bool):
                 fail = "" if r["status"] == 0 else f" (status {r['status']})"
                 print(f"| {name} | {rtol:.0e} | {label}{fail} | {1e3 * r['time']:.2f} | "
                       f"{r['compile']:.1f} | {r['steps']} | {njev} | {err:.2g} | "
-                      f"{r['time'] / base_dx:.2f}x | {r['time'] / base_radau:.3f}x |",
+                      f"{r['time'] / base_dx:.2g}x | {r['time'] / base_radau:.2g}x |",
                       flush=True)
     print("\nEqual accuracy: error = max_i |y_i - ref_i| / (atol + |ref_i|); jode runs at rtol "
           + ", ".join(f"{r:.0e}" for r in extra_rtols))
