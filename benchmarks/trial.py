@@ -35,7 +35,9 @@ def time_to_target(name, config, steps, chunk=250, seed=0):
     """Train `name` until the fine-grid error meets its target; returns timings and counts."""
     pp = trial.paper.all_problems()[name]
     target = target_of(name)
-    kw = dict(points=config["points"], progress=False)
+    seed = config.get("seed", seed)
+    steps = {**steps, **config.get("steps", {})}  # per-problem steps (Problem 4)
+    kw = dict(points=config["points"], weight=config.get("weight"), progress=False)
     clock = time.perf_counter()
     sol, rep = trial.train(pp.problem, jr.key(seed), hidden=config["hidden"],
                            adam_steps=steps["adam_steps"], lbfgs_steps=steps["lbfgs_steps"],

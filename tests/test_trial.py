@@ -250,11 +250,10 @@ def test_bad_input():
         Problem(_zero, PROBLEMS["pde5"].problem.conditions, ((0.0, 1.0), (0.0, 1.0)), order=3)
 
 
-# Known misses (benchmarks/results/trial.md): Problem 4's linearized system amplifies residuals
-# ~1e4-fold and 10-40 sigmoid units stall above the ~4e-10 residual 1e-6 needs; on [0, 5]
-# RK4 with 39 steps (5.7e-8) edges out the trial solution (6.1e-8).
+# Known misses (benchmarks/results/trial.md): on [0, 5] RK4 with 39 steps (5.7e-8) edges out
+# the trial solution (6.1e-8). Problem 4 (residuals amplified ~1e4-fold over [0, 3]) is a
+# strict test: 30 units, 150 points, residual weighted by e^(−3x), 10,000 LM steps.
 _KNOWN_MISSES = {
-    "ode4": "Problem 4: residuals amplified ~1e4-fold over [0, 3]; error 1e-4..4e-2 measured",
     "ode2_0_5": "Problem 2 on [0, 5]: 6.1e-8 meets 1e-6 but RK4 on 40 points gets 5.7e-8",
 }
 
