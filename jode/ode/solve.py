@@ -222,9 +222,16 @@ def _body(prob: _Problem, args, c: _Carry) -> _Carry:
         # One stacked array, or one vector a row when batched (stored lanes last).
         rows = tuple(res.coeffs) if isinstance(c.last_coeffs, tuple) else res.coeffs
         last_coeffs = jax.tree.map(lambda a, b: jnp.where(take, a, b), rows, c.last_coeffs)
-        ys, save_idx, pending = _drain_saves(
-            prob, c.ys, c.save_idx, last_t, last_h, last_coeffs, c.active
-        )
+        drain = (prob, c.ys, c.save_idx, last_t, last_h, last_coeffs, c.active)
+        if isinstance(c.last_coeffs, tuple):  # batched: a branch would run both sides
+            ys, save_idx, pending = _drain_saves(*drain)
+        else:
+            # Most steps of a tight solve hold no save time: skip the interpolation then.
+            ys, save_idx, pending = jax.lax.cond(
+                _save_due(prob, c.save_idx, last_t + last_h),
+                lambda: _drain_saves(*drain),
+                lambda: (c.ys, c.save_idx, jnp.zeros((), bool)),
+            )
         new.update(
             last_t=last_t,
             last_h=last_h,
@@ -235,6 +242,13 @@ def _body(prob: _Problem, args, c: _Carry) -> _Carry:
         )
     c = c._replace(**new)
     return c._replace(active=c.active & _cond(prob, c))
+
+
+def _save_due(prob, save_idx, t_stop):
+    """Whether the next save time lies at or before t_stop."""
+    d, ts = prob.direction, prob.ts
+    n_save = ts.shape[0] - SAVE_WINDOW
+    return (save_idx < n_save) & (d * ts[jnp.minimum(save_idx, n_save - 1)] <= d * t_stop)
 
 
 def _drain_saves(prob, ys, save_idx, last_t, last_h, coeffs, live):
@@ -259,8 +273,7 @@ def _drain_saves(prob, ys, save_idx, last_t, last_h, coeffs, live):
     values = horner(coeffs, theta[:, None])
     ys = _write(ys, save_idx, values, live)
     save_idx = save_idx + small_sum(inside.astype(save_idx.dtype))
-    pending = (save_idx < n_save) & (d * ts[jnp.minimum(save_idx, n_save - 1)] <= d * t_stop)
-    return ys, save_idx, pending
+    return ys, save_idx, _save_due(prob, save_idx, t_stop)
 
 
 def _cond(prob: _Problem, c: _Carry):
