@@ -114,15 +114,13 @@ def single(repeats):
                 )
             for method, scipy_name in (("RK45", "RK45"), ("DOP853", "DOP853")):
                 fj = jax.jit(f)
-                fn = lambda: solve_ivp(
-                    lambda t, y: np.asarray(fj(t, y, p)),
-                    (0.0, 10.0),
-                    y0,  # noqa: E731
-                    method=scipy_name,
-                    t_eval=TS,
-                    rtol=tol,
-                    atol=tol,
-                )
+
+                def fn(fj=fj, p=p, y0=y0, scipy_name=scipy_name, tol=tol):
+                    return solve_ivp(
+                        lambda t, y: np.asarray(fj(t, y, p)), (0.0, 10.0), y0,
+                        method=scipy_name, t_eval=TS, rtol=tol, atol=tol,
+                    )
+
                 fn()
                 times = []
                 for _ in range(max(3, repeats // 5)):
@@ -204,7 +202,8 @@ def main():
     print(f"jax {jax.__version__}, diffrax {diffrax.__version__}, devices {jax.devices()}")
     print("\n## Single solves (float64, 101 save points)\n")
     print(
-        "| problem | tol | method | jode | diffrax | jode/diffrax | compile jode/diffrax (s) | steps jode/diffrax | nfev | err jode/diffrax |"
+        "| problem | tol | method | jode | diffrax | jode/diffrax | compile jode/diffrax (s) "
+        "| steps jode/diffrax | nfev | err jode/diffrax |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in single(repeats):
@@ -213,11 +212,13 @@ def main():
                 f"| {r['problem']} | {r['tol']:.0e} | {r['method']} | {r['jode_us']:.1f} us | "
                 f"{r['diffrax_us']:.1f} us | {r['ratio']:.2f} | {r['jode_compile_s']:.2f}/"
                 f"{r['diffrax_compile_s']:.2f} ({r['compile_ratio']:.2f}) | {r['jode_steps']}/"
-                f"{r['diffrax_steps']} | {r['jode_nfev']} | {r['jode_err']:.1e}/{r['diffrax_err']:.1e} |"
+                f"{r['diffrax_steps']} | {r['jode_nfev']} | "
+                f"{r['jode_err']:.1e}/{r['diffrax_err']:.1e} |"
             )
         else:
             print(
-                f"| {r['problem']} | {r['tol']:.0e} | {r['method']} | - | - | scipy {r['scipy_us'] / 1e3:.2f} ms | - | - | {r['nfev']} | {r['err']:.1e} |"
+                f"| {r['problem']} | {r['tol']:.0e} | {r['method']} | - | - | "
+                f"scipy {r['scipy_us'] / 1e3:.2f} ms | - | - | {r['nfev']} | {r['err']:.1e} |"
             )
     print("\n## Single solves returning ys only (Tsit5, 101 saves, interleaved, min)\n")
     print("| problem | tol | jode | diffrax | jode/diffrax |\n|---|---|---|---|---|")
@@ -231,7 +232,8 @@ def main():
     print(
         f"compile jode {g['jode_compile_s']:.2f} s vs diffrax {g['diffrax_compile_s']:.2f} s "
         f"(ratio {g['compile_ratio']:.2f}); run jode {g['jode_ms']:.2f} ms vs diffrax "
-        f"{g['diffrax_ms']:.2f} ms (ratio {g['ratio']:.2f}); gradient rel. diff {g['grad_rel_diff']:.1e}"
+        f"{g['diffrax_ms']:.2f} ms (ratio {g['ratio']:.2f}); "
+        f"gradient rel. diff {g['grad_rel_diff']:.1e}"
     )
 
 
