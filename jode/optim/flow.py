@@ -190,39 +190,16 @@ def gradient_flow(
     _check(solver, rtol, atol, max_rejects, controller, error_scale)
 
     def init_fn(params) -> FlowState:
-        flat, _ = ravel_pytree(params)
-        dtype = flat.dtype
-        h0 = 0.0 if dt0 is None else float(dt0)
-        zero = jnp.zeros((), jnp.int32)
-        return FlowState(
-            h=jnp.asarray(h0, dtype),
-            prev_inv=jnp.ones((2,), dtype),
-            t=jnp.zeros((), dtype),
-            value=jnp.asarray(jnp.inf, dtype),
-            grad=jax.tree.map(jnp.zeros_like, params),
-            count=zero,
-            rejected=zero,
-            nfev=zero,
-            nhvp=zero,
-            status=zero,
-        )
+        return fresh_state(params, dt0)
 
     def update_fn(
         updates, state: FlowState, params=None, *, value_fn, value=None, grad=None, **extra_args
     ):
         del grad, extra_args
-        if params is None:
-            raise ValueError(
-                "gradient_flow needs params: opt.update(grad, state, params, value_fn=loss)"
-            )
-        y, unravel = ravel_pytree(params)
+        y, unravel, g0, v0, value_and_grad = flat_problem(
+            "gradient_flow", updates, params, value_fn, value, state.value
+        )
         dtype = y.dtype
-        g0 = ravel_pytree(updates)[0].astype(dtype)
-        v0 = state.value if value is None else jnp.asarray(value, dtype)
-
-        def value_and_grad(y_flat):
-            v, g = jax.value_and_grad(value_fn)(unravel(y_flat))
-            return jnp.asarray(v, dtype), ravel_pytree(g)[0].astype(dtype)
 
         if isinstance(solver, Ros2):
             attempt, error_order, nfev0, extra = _implicit_attempt(solver, value_and_grad, y, g0)
@@ -241,71 +218,116 @@ def gradient_flow(
         h = jax.lax.cond(need_h, first_step, lambda _: state.h, None)
         nfev = state.nfev + nfev0 + need_h.astype(jnp.int32)
 
-        def cond(c):
-            return ~c["accept"] & (c["tries"] <= max_rejects)
+        def try_once(h):
+            y1, v1, g1, err_vec, ok, hvps = attempt(h)
+            return y1, err_vec, ok, (y1, v1, g1), hvps
 
-        def body(c):
-            y1, v1, g1, err_vec, ok, hvps = attempt(c["h"])
-            if error_scale == "step":
-                err = _step_relative_error(err_vec, y1 - y, rtol, atol)
-            else:
-                err = scaled_error(err_vec, y, y1, rtol, atol)
-            err = jnp.where(ok, err, jnp.inf)
-            accept, h_next, prev_inv = pid_update(
-                controller, error_order, err, c["h"], c["prev_inv"]
-            )
-            return dict(
-                accept=accept,
-                tries=c["tries"] + 1,
-                h=h_next,
-                h_taken=c["h"],
-                prev_inv=prev_inv,
-                y1=y1,
-                v1=v1,
-                g1=g1,
-                hvps=c["hvps"] + hvps,
-            )
-
-        init = dict(
-            accept=jnp.zeros((), bool),
-            tries=jnp.zeros((), jnp.int32),
-            h=h,
-            h_taken=jnp.zeros((), dtype),
-            prev_inv=state.prev_inv,
-            y1=y,
-            v1=jnp.asarray(v0, dtype),
-            g1=g0,
-            hvps=jnp.zeros((), jnp.int32),
+        out = retry(
+            try_once, y, h, state.prev_inv, (y, jnp.asarray(v0, dtype), g0),
+            error_order=error_order, error_scale=error_scale, rtol=rtol, atol=atol,
+            controller=controller, max_rejects=max_rejects,
         )
-        out = jax.lax.while_loop(cond, body, init)
-        accept = out["accept"]
-        tries = out["tries"]
+        out_y1, out_v1, out_g1 = out["payload"]
+        accept, tries = out["accept"], out["tries"]
         if isinstance(solver, Ros2):
             # Rosenbrock stages do not end at θ_{n+1}: one more evaluation gives L and ∇L there.
             v1, g1 = jax.lax.cond(
-                accept, lambda z: value_and_grad(z), lambda z: (out["v1"], g0), out["y1"]
+                accept, lambda z: value_and_grad(z), lambda z: (out_v1, g0), out_y1
             )
             nfev = nfev + tries * extra["nfev_per_try"] + accept.astype(jnp.int32)
         else:
-            v1, g1 = out["v1"], out["g1"]
+            v1, g1 = out_v1, out_g1
             nfev = nfev + tries * extra["nfev_per_try"]
-        nhvp = state.nhvp + out["hvps"]
-        step = jnp.where(accept, out["y1"] - y, jnp.zeros_like(y))
-        new_state = FlowState(
-            h=out["h"],
-            prev_inv=out["prev_inv"],
-            t=state.t + jnp.where(accept, out["h_taken"], 0.0),
-            value=jnp.where(accept, v1, v0),
-            grad=unravel(jnp.where(accept, g1, g0)),
-            count=state.count + accept.astype(jnp.int32),
-            rejected=state.rejected + tries - accept.astype(jnp.int32),
-            nfev=nfev,
-            nhvp=nhvp,
-            status=jnp.where(accept, OK, ALL_REJECTED).astype(jnp.int32),
-        )
+        step = jnp.where(accept, out_y1 - y, jnp.zeros_like(y))
+        new_state = advance(state, out, v0, g0, v1, g1, nfev, state.nhvp + out["count"], unravel)
         return unravel(step), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def flat_problem(name, updates, params, value_fn, value, last_value):
+    """(θ flat, unravel, ∇L(θ) flat, L(θ), value_and_grad on flat θ) for one update."""
+    if params is None:
+        raise ValueError(f"{name} needs params: opt.update(grad, state, params, value_fn=loss)")
+    y, unravel = ravel_pytree(params)
+    dtype = y.dtype
+    g0 = ravel_pytree(updates)[0].astype(dtype)
+    v0 = last_value if value is None else jnp.asarray(value, dtype)
+
+    def value_and_grad(y_flat):
+        v, g = jax.value_and_grad(value_fn)(unravel(y_flat))
+        return jnp.asarray(v, dtype), ravel_pytree(g)[0].astype(dtype)
+
+    return y, unravel, g0, v0, value_and_grad
+
+
+def fresh_state(params, dt0=None) -> FlowState:
+    """The state before the first update (h = 0: chosen by the starting-step algorithm)."""
+    dtype = ravel_pytree(params)[0].dtype
+    zero = jnp.zeros((), jnp.int32)
+    return FlowState(
+        h=jnp.asarray(0.0 if dt0 is None else float(dt0), dtype),
+        prev_inv=jnp.ones((2,), dtype),
+        t=jnp.zeros((), dtype),
+        value=jnp.asarray(jnp.inf, dtype),
+        grad=jax.tree.map(jnp.zeros_like, params),
+        count=zero,
+        rejected=zero,
+        nfev=zero,
+        nhvp=zero,
+        status=zero,
+    )
+
+
+def retry(attempt, y, h, prev_inv, payload0, *, error_order, error_scale, rtol, atol,
+          controller, max_rejects):
+    """Attempt steps from y until one is accepted or max_rejects retries fail.
+
+    `attempt(h) -> (y1, err_vec, ok, payload, count)`: the new point of the error-controlled
+    components, their local error estimate, whether all is finite, what the caller keeps
+    from the last attempt, and a count to add up (e.g. Hessian-vector products). The error
+    is scaled by `error_scale` and the next step comes from the PID controller
+    (Hairer, Nørsett & Wanner 1993, §II.4). Returns a dict: accept, tries, h (next step),
+    h_taken, prev_inv, payload (of the last attempt) and count (summed).
+    """
+
+    def body(c):
+        y1, err_vec, ok, payload, count = attempt(c["h"])
+        if error_scale == "step":
+            err = _step_relative_error(err_vec, y1 - y, rtol, atol)
+        else:
+            err = scaled_error(err_vec, y, y1, rtol, atol)
+        accept, h_next, p_inv = pid_update(
+            controller, error_order, jnp.where(ok, err, jnp.inf), c["h"], c["prev_inv"]
+        )
+        return dict(accept=accept, tries=c["tries"] + 1, h=h_next, h_taken=c["h"],
+                    prev_inv=p_inv, payload=payload, count=c["count"] + count)
+
+    init = dict(
+        accept=jnp.zeros((), bool), tries=jnp.zeros((), jnp.int32), h=h,
+        h_taken=jnp.zeros((), y.dtype), prev_inv=prev_inv, payload=payload0,
+        count=jnp.zeros((), jnp.int32),
+    )
+    return jax.lax.while_loop(
+        lambda c: ~c["accept"] & (c["tries"] <= max_rejects), body, init
+    )
+
+
+def advance(state: FlowState, out, v0, g0, v1, g1, nfev, nhvp, unravel) -> FlowState:
+    """The state after an update whose retry loop ended with `out` (see `retry`)."""
+    accept, tries = out["accept"], out["tries"]
+    return FlowState(
+        h=out["h"],
+        prev_inv=out["prev_inv"],
+        t=state.t + jnp.where(accept, out["h_taken"], 0.0),
+        value=jnp.where(accept, v1, v0),
+        grad=unravel(jnp.where(accept, g1, g0)),
+        count=state.count + accept.astype(jnp.int32),
+        rejected=state.rejected + tries - accept.astype(jnp.int32),
+        nfev=nfev,
+        nhvp=nhvp,
+        status=jnp.where(accept, OK, ALL_REJECTED).astype(jnp.int32),
+    )
 
 
 def _step_relative_error(err_vec, dy, rtol, atol):

@@ -37,9 +37,9 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from ..ode.control import PIDController, initial_step, pid_update, scaled_error
+from ..ode.control import PIDController, initial_step
 from ..ode.explicit import ExplicitRK, Tsit5, rk_step
-from .flow import ALL_REJECTED, OK, FlowState, _check, _concrete, _step_relative_error
+from .flow import FlowState, _check, _concrete, advance, flat_problem, fresh_state, retry
 
 
 class HeavyBallState(NamedTuple):
@@ -109,42 +109,19 @@ def heavy_ball_flow(
     per_try = tableau.stages - 1 if tableau.fsal else tableau.stages
 
     def init_fn(params) -> HeavyBallState:
-        flat, _ = ravel_pytree(params)
-        dtype = flat.dtype
-        zero = jnp.zeros((), jnp.int32)
-        flow = FlowState(
-            h=jnp.asarray(0.0 if dt0 is None else float(dt0), dtype),
-            prev_inv=jnp.ones((2,), dtype),
-            t=jnp.zeros((), dtype),
-            value=jnp.asarray(jnp.inf, dtype),
-            grad=jax.tree.map(jnp.zeros_like, params),
-            count=zero,
-            rejected=zero,
-            nfev=zero,
-            nhvp=zero,
-            status=zero,
-        )
-        return HeavyBallState(flow, jax.tree.map(jnp.zeros_like, params))
+        return HeavyBallState(fresh_state(params, dt0), jax.tree.map(jnp.zeros_like, params))
 
     def update_fn(
         updates, state: HeavyBallState, params=None, *, value_fn, value=None, grad=None, **extra
     ):
         del grad, extra
-        if params is None:
-            raise ValueError(
-                "heavy_ball_flow needs params: opt.update(grad, state, params, value_fn=loss)"
-            )
-        y, unravel = ravel_pytree(params)
+        st = state.flow
+        y, unravel, g0, v0, value_and_grad = flat_problem(
+            "heavy_ball_flow", updates, params, value_fn, value, st.value
+        )
         dtype, n = y.dtype, y.shape[0]
         gamma = jnp.asarray(damping, dtype)
-        st = state.flow
-        g0 = ravel_pytree(updates)[0].astype(dtype)
         v_vel = ravel_pytree(state.velocity)[0].astype(dtype)
-        v0 = st.value if value is None else jnp.asarray(value, dtype)
-
-        def value_and_grad(theta):
-            v, g = jax.value_and_grad(value_fn)(unravel(theta))
-            return jnp.asarray(v, dtype), ravel_pytree(g)[0].astype(dtype)
 
         # z = (θ, v, L, ∇L): the last two are passive components (never in the error norm)
         # so that an FSAL tableau's last stage hands over L and ∇L at θ_{n+1}.
@@ -168,44 +145,19 @@ def heavy_ball_flow(
         h = jax.lax.cond(need_h, first_step, lambda _: st.h, None)
         nfev = st.nfev + need_h.astype(jnp.int32)
 
-        def cond(c):
-            return ~c["accept"] & (c["tries"] <= max_rejects)
+        def attempt(h):
+            res = rk_step(tableau, field, zero_t, z0, fz0, h)
+            ok = jnp.all(jnp.isfinite(res.y1)) & jnp.all(jnp.isfinite(res.f1))
+            zero = jnp.zeros((), jnp.int32)
+            return res.y1[: 2 * n], res.error[: 2 * n], ok, (res.y1, res.f1), zero
 
-        def body(c):
-            res = rk_step(tableau, field, zero_t, z0, fz0, c["h"])
-            z1, f1 = res.y1, res.f1
-            ok = jnp.all(jnp.isfinite(z1)) & jnp.all(jnp.isfinite(f1))
-            err_vec = res.error[: 2 * n]
-            if error_scale == "step":
-                err = _step_relative_error(err_vec, z1[: 2 * n] - z0[: 2 * n], rtol, atol)
-            else:
-                err = scaled_error(err_vec, z0[: 2 * n], z1[: 2 * n], rtol, atol)
-            err = jnp.where(ok, err, jnp.inf)
-            accept, h_next, prev_inv = pid_update(
-                controller, solver.error_order, err, c["h"], c["prev_inv"]
-            )
-            return dict(
-                accept=accept,
-                tries=c["tries"] + 1,
-                h=h_next,
-                h_taken=c["h"],
-                prev_inv=prev_inv,
-                z1=z1,
-                f1=f1,
-            )
-
-        init = dict(
-            accept=jnp.zeros((), bool),
-            tries=jnp.zeros((), jnp.int32),
-            h=h,
-            h_taken=zero_t,
-            prev_inv=st.prev_inv,
-            z1=z0,
-            f1=fz0,
+        out = retry(
+            attempt, z0[: 2 * n], h, st.prev_inv, (z0, fz0),
+            error_order=solver.error_order, error_scale=error_scale, rtol=rtol, atol=atol,
+            controller=controller, max_rejects=max_rejects,
         )
-        out = jax.lax.while_loop(cond, body, init)
         accept, tries = out["accept"], out["tries"]
-        z1, f1 = out["z1"], out["f1"]
+        z1, f1 = out["payload"]
         if not tableau.fsal:
             # The passive components of f(z_1) are L and ∇L at θ_{n+1}: one more evaluation.
             f1 = jax.lax.cond(accept, lambda z: field(zero_t, z), lambda z: fz0, z1)
@@ -213,18 +165,7 @@ def heavy_ball_flow(
         nfev = nfev + tries * per_try
         v1, g1 = f1[2 * n], f1[2 * n + 1 :]
         step = jnp.where(accept, z1[:n] - y, jnp.zeros_like(y))
-        new_flow = FlowState(
-            h=out["h"],
-            prev_inv=out["prev_inv"],
-            t=st.t + jnp.where(accept, out["h_taken"], 0.0),
-            value=jnp.where(accept, v1, v0),
-            grad=unravel(jnp.where(accept, g1, g0)),
-            count=st.count + accept.astype(jnp.int32),
-            rejected=st.rejected + tries - accept.astype(jnp.int32),
-            nfev=nfev,
-            nhvp=st.nhvp,
-            status=jnp.where(accept, OK, ALL_REJECTED).astype(jnp.int32),
-        )
+        new_flow = advance(st, out, v0, g0, v1, g1, nfev, st.nhvp, unravel)
         velocity = unravel(jnp.where(accept, z1[n : 2 * n], v_vel))
         return unravel(step), HeavyBallState(new_flow, velocity)
 
