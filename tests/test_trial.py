@@ -251,7 +251,7 @@ def test_bad_input():
 
 
 # Every problem strict. ode4 (30 units, 150 points, residual weight e^(−3x), 10,000 LM steps)
-# takes ~16 min on the shared 2-core box; ode2_0_5 (20,000 LM steps) ~20 s.
+# takes 12-16 min on the shared 2-core box; ode2_0_5 (20,000 LM steps) ~20 s.
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PROBLEMS))
 def test_acceptance_full(name):
