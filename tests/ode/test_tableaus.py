@@ -3,7 +3,10 @@ import pytest
 
 from jode.ode import tableaus as tb
 
-ALL = [tb.EULER, tb.MIDPOINT, tb.HEUN, tb.RALSTON, tb.RK4, tb.BOSH3, tb.DOPRI5, tb.TSIT5, tb.DOPRI8]
+ALL = [
+    tb.EULER, tb.MIDPOINT, tb.HEUN, tb.EULER_HEUN, tb.RALSTON, tb.RK4, tb.BOSH3, tb.DOPRI5,
+    tb.TSIT5, tb.DOPRI8,
+]
 
 
 def test_rooted_tree_counts_match_oeis_a000081():
