@@ -363,7 +363,7 @@ def _explicit_attempt(solver: ExplicitRK, value_and_grad, y, g0, v0):
         ok = jnp.all(jnp.isfinite(y1)) & jnp.all(jnp.isfinite(res.f1))
         return y1, res.f1[n], -res.f1[:n], res.error[:n], ok, jnp.zeros((), jnp.int32)
 
-    per_try = tableau.stages - 1 if tableau.fsal else tableau.stages
+    per_try = tableau.f_evals_per_step
     return attempt, solver.error_order, 0, {"nfev_per_try": per_try}
 
 

@@ -106,7 +106,7 @@ def heavy_ball_flow(
     if _concrete(damping) and not damping > 0:
         raise ValueError(f"damping must be > 0 (the friction γ); got damping={damping}")
     tableau = solver.tableau
-    per_try = tableau.stages - 1 if tableau.fsal else tableau.stages
+    per_try = tableau.f_evals_per_step
 
     def init_fn(params) -> HeavyBallState:
         return HeavyBallState(fresh_state(params, dt0), jax.tree.map(jnp.zeros_like, params))
