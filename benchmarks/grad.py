@@ -73,7 +73,8 @@ def jax_cases():
         cases["jode Backsolve seminorm"] = (jode_loss, jode.BacksolveAdjoint(seminorm=True))
     out = {}
     for name, (loss, adj) in cases.items():
-        fn = jax.jit(jax.value_and_grad(lambda p, loss=loss, adj=adj: loss(p, static, y0, target, adj)))
+        fn = jax.jit(jax.value_and_grad(
+            lambda p, loss=loss, adj=adj: loss(p, static, y0, target, adj)))
         t = time.perf_counter()
         jax.block_until_ready(fn(params))
         out[name] = dict(fn=lambda fn=fn: fn(params), compile_s=time.perf_counter() - t)
@@ -92,9 +93,9 @@ def torch_cases(problem):
               torch.nn.Linear(64, 2)]
     lin = [m for m in layers if isinstance(m, torch.nn.Linear)]
     with torch.no_grad():  # the same weights as the equinox MLP
-        for m, l in zip(lin, mlp.layers, strict=True):
-            m.weight.copy_(torch.from_numpy(np.asarray(l.weight)))
-            m.bias.copy_(torch.from_numpy(np.asarray(l.bias)))
+        for m, layer in zip(lin, mlp.layers, strict=True):
+            m.weight.copy_(torch.from_numpy(np.asarray(layer.weight)))
+            m.bias.copy_(torch.from_numpy(np.asarray(layer.bias)))
 
     class Field(torch.nn.Module):
         def __init__(self):
@@ -163,7 +164,8 @@ def backward_fevals(problem, scale=1.0, t1=1.0):
     semi = dfx.PIDController(rtol=RTOL, atol=ATOL, norm=dfx.adjoint_rms_seminorm)
     cases = {
         "diffrax Backsolve": (diffrax_loss, dfx.BacksolveAdjoint()),
-        "diffrax Backsolve seminorm": (diffrax_loss, dfx.BacksolveAdjoint(stepsize_controller=semi)),
+        "diffrax Backsolve seminorm": (
+            diffrax_loss, dfx.BacksolveAdjoint(stepsize_controller=semi)),
     }
     if hasattr(jode, "BacksolveAdjoint"):
         cases["jode Backsolve"] = (jode_loss, jode.BacksolveAdjoint())
@@ -200,22 +202,27 @@ def main():
     for name in cases:
         print(f"{name:32s} {1e3 * med[name]:9.3f} {cases[name]['compile_s']:10.2f}")
     ratio = lambda a, b: med[a] / med[b]  # noqa: E731
-    print(f"jode Direct / diffrax RecursiveCheckpoint = {ratio('jode Direct', 'diffrax RecursiveCheckpoint'):.2f}")
+    direct = ratio("jode Direct", "diffrax RecursiveCheckpoint")
+    print(f"jode Direct / diffrax RecursiveCheckpoint = {direct:.2f}")
     if "jode Backsolve" in med:
-        print(f"jode Backsolve / diffrax Backsolve = {ratio('jode Backsolve', 'diffrax Backsolve'):.2f}")
+        back = ratio("jode Backsolve", "diffrax Backsolve")
+        print(f"jode Backsolve / diffrax Backsolve = {back:.2f}")
     torch_names = [n for n in med if n.startswith("torchdiffeq")]
     if torch_names:
         fastest = min(torch_names, key=med.get)
         jode_best = min((n for n in med if n.startswith("jode")), key=med.get)
-        print(f"fastest torchdiffeq ({fastest}) / {jode_best} = {med[fastest] / med[jode_best]:.1f}x")
+        speedup = med[fastest] / med[jode_best]
+        print(f"fastest torchdiffeq ({fastest}) / {jode_best} = {speedup:.1f}x")
     print("\nvector-field evaluations (one call each of loss, loss+grad; backward = difference)")
-    for label, scale, t1 in (("spec: t in [0, 1]", 1.0, 1.0), ("w3_T10: 3x weights, t in [0, 10]", 3.0, 10.0)):
+    setups = (("spec: t in [0, 1]", 1.0, 1.0), ("w3_T10: 3x weights, t in [0, 10]", 3.0, 10.0))
+    for label, scale, t1 in setups:
         print(label)
         rows = backward_fevals(problem, scale, t1)
         for name, row in rows.items():
             print(f"  {name:30s} forward {row['forward']:5d}  backward {row['backward']:5d}")
         if "jode Backsolve seminorm" in rows:
-            full, semi = rows["jode Backsolve"]["backward"], rows["jode Backsolve seminorm"]["backward"]
+            full = rows["jode Backsolve"]["backward"]
+            semi = rows["jode Backsolve seminorm"]["backward"]
             print(f"  seminorm: {100 * (1 - semi / full):.0f}% fewer backward evaluations")
 
 
