@@ -44,11 +44,14 @@ def time_to_target(name, config, steps, chunk=250, seed=0):
                            lm_steps=0, **kw)
     elapsed = time.perf_counter() - clock
     err = trial.paper.assess(pp, sol, config["points"])["fine_grid"]
-    lm = 0
+    lm, damping = 0, 1e-3
     while err > target and lm < steps["lm_steps"]:
         clock = time.perf_counter()
+        # Each chunk continues the stage where the last stopped (network and damping λ).
         sol, rep = trial.train(pp.problem, jr.key(seed), network=sol.network, adam_steps=0,
-                               lbfgs_steps=0, lm_steps=chunk, tol=0.0, **kw)
+                               lbfgs_steps=0, lm_steps=chunk, tol=0.0, lm_damping=damping,
+                               **kw)
+        damping = rep.lm_damping
         elapsed += time.perf_counter() - clock
         lm += rep.lm_steps
         if rep.lm_steps < chunk:  # stalled: no progress in a whole chunk

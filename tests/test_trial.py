@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from jax.flatten_util import ravel_pytree
 
 import jode
 from jode import trial
@@ -138,6 +139,25 @@ def test_weighted_residual_loss_and_training():
     assert abs(report.loss - weighted) <= 1e-9 * weighted
     assert abs(float(jnp.mean(r**2)) - weighted) > 1e-2 * weighted  # the weight counts
     assert paper.assess(pp, sol, 20)["fine_grid"] <= 1e-6
+
+
+def test_lm_stage_continues_from_a_report():
+    """Two Levenberg-Marquardt calls of 100 steps, the second started from the first's
+    network and `lm_damping`, take the steps of one 200-step stage: the same parameters."""
+    pp = PROBLEMS["ode2"]
+    kw = dict(points=12, hidden=6, adam_steps=0, lbfgs_steps=0, tol=0.0, progress=False)
+    whole, rep_whole = trial.train(pp.problem, jr.key(3), lm_steps=200, **kw)
+    half, rep = trial.train(pp.problem, jr.key(3), lm_steps=100, **kw)
+    assert rep.lm_damping > 0 and rep.lm_damping != 1e-3
+    again, rep2 = trial.train(pp.problem, jr.key(3), lm_steps=100, network=half.network,
+                              lm_damping=rep.lm_damping, **kw)
+    assert rep_whole.lm_steps == 200 and rep2.lm_steps == 100
+    flat = lambda sol: ravel_pytree(  # noqa: E731
+        eqx.filter(sol.network, eqx.is_inexact_array))[0]
+    np.testing.assert_allclose(flat(again), flat(whole), rtol=1e-9, atol=1e-12)
+    assert rep2.loss == pytest.approx(rep_whole.loss, rel=1e-6)
+    with pytest.raises(ValueError, match="lm_damping must be > 0"):
+        trial.train(pp.problem, lm_steps=1, lm_damping=0.0, **kw)
 
 
 def test_weight_bad_input():

@@ -69,6 +69,7 @@ class TrainReport:
     n_params: int
     n_points: int
     time_s: float
+    lm_damping: float = float("nan")  # λ at the end of the Levenberg-Marquardt stage
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -223,6 +224,7 @@ def train(
     progress: bool = True,
     network=None,
     weight=None,
+    lm_damping: float = 1e-3,
 ):
     """Train the network of a trial solution on the residual at collocation points.
 
@@ -242,6 +244,8 @@ def train(
         chunk: steps per compiled chunk (progress and stopping are checked between chunks).
         progress: show tqdm bars.
         network: an equinox model to start from instead of a new `sigmoid_mlp`.
+        lm_damping: the Levenberg-Marquardt stage's starting damping λ; pass a previous
+            report's `lm_damping` with its `network` to continue a stage where it stopped.
         weight: optional w(x) -> scalar (positive) multiplying the residual at each point, so
             the loss is mean((w(x) G(x))²) (Lagaris et al. 1998, eq. 2, weighted). The exact
             solution still zeroes it; the weight only moves the fit to where residuals
@@ -275,6 +279,8 @@ def train(
             raise ValueError(f"{name} must be >= 0; got {name}={v}")
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1; got chunk={chunk}")
+    if not lm_damping > 0:
+        raise ValueError(f"lm_damping must be > 0; got lm_damping={lm_damping}")
     if network is None:
         network = sigmoid_mlp(k_net, problem.dim, problem.conditions.out_shape, hidden, depth,
                               init_scale, dtype)
@@ -329,7 +335,7 @@ def train(
     if lm_steps > 0 and loss_lbfgs > tol:
         chunk_m = min(chunk, lm_steps)
         dtype_t = theta.dtype
-        carry["lm"] = (jnp.asarray(1e-3, dtype_t), jnp.asarray(2.0, dtype_t))
+        carry["lm"] = (jnp.asarray(lm_damping, dtype_t), jnp.asarray(2.0, dtype_t))
 
         def lm_step():
             box["theta"], lam, nu = _lm_chunk(box["theta"], *carry["lm"], *args, chunk_m)
@@ -352,5 +358,6 @@ def train(
         n_params=int(theta.size),
         n_points=int(xs.shape[0]),
         time_s=elapsed,
+        lm_damping=float(carry["lm"][0]) if "lm" in carry else float("nan"),
     )
     return solution, report
