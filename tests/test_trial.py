@@ -271,18 +271,9 @@ def test_bad_input():
 
 
 # Every problem strict. ode4 (30 units, 150 points, residual weight e^(−3x), 10,000 LM steps)
-# takes 12-16 min on the shared 2-core box; ode2_0_5 (20,000 LM steps) ~20 s.
-# pde6 (24x24 points, 50 units, 5,000 LM steps) ~12 min: with 16x16 points and 30 units the
-# error between the points was 1.5e-5.
-_KNOWN_MISS: set[str] = set()
-
-
+# takes 12-16 min on the 2-core box, pde6 (24x24 points, 50 units) ~12 min, ode2_0_5 ~20 s.
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=pytest.mark.xfail(reason="error between training points > 1e-5"))
-     if n in _KNOWN_MISS else n for n in sorted(PROBLEMS)],
-)
+@pytest.mark.parametrize("name", sorted(PROBLEMS))
 def test_acceptance_full(name):
     """The acceptance configuration of `jode reproduce trial`: max error on a 10x finer grid
     <= 1e-6 (ODEs) / 1e-5 (PDEs), better than Euler and RK4 on the same points."""
