@@ -53,8 +53,9 @@ FULL = {
     "ode4": dict(points=150, hidden=30, seed=1, weight=decay3,
                  steps=dict(adam_steps=1000, lbfgs_steps=300, lm_steps=10000)),
     "pde5": dict(points=10, hidden=10),
-    # Problem 6 oscillates up to 18 rad per unit in x: 24x24 points and 50 units; the
-    # Levenberg-Marquardt stage does the fitting (longer Adam/L-BFGS stages gave no gain).
+    # Problem 6 oscillates up to 18 rad per unit in x: 24x24 points and 50 units. The
+    # Levenberg-Marquardt stage does the fitting (started after 10 Adam and 10 L-BFGS steps
+    # it is at 2.8e-5 after 300 steps, 6.2e-6 after 5,000).
     "pde6": dict(points=24, hidden=50, steps=dict(adam_steps=10, lbfgs_steps=10, lm_steps=5000)),
     "pde7": dict(points=12, hidden=20),
     "pde8": dict(points=12, hidden=20),

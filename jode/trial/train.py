@@ -244,8 +244,6 @@ def train(
         chunk: steps per compiled chunk (progress and stopping are checked between chunks).
         progress: show tqdm bars.
         network: an equinox model to start from instead of a new `sigmoid_mlp`.
-        lm_damping: the Levenberg-Marquardt stage's starting damping λ; pass a previous
-            report's `lm_damping` with its `network` to continue a stage where it stopped.
         weight: optional w(x) -> scalar (positive) multiplying the residual at each point, so
             the loss is mean((w(x) G(x))²) (Lagaris et al. 1998, eq. 2, weighted). The exact
             solution still zeroes it; the weight only moves the fit to where residuals
@@ -253,6 +251,8 @@ def train(
             fundamental matrix of the linearized equation), w ≈ ‖Φ(b, x)‖ balances the
             error at b (`lambda x: jnp.exp(-3 * x)` on the paper's Problem 4). Called on one
             point (a scalar in 1-D, shape (2,) in 2-D); `report` losses are weighted.
+        lm_damping: the Levenberg-Marquardt stage's starting damping λ; pass a previous
+            report's `lm_damping` with its `network` to continue a stage where it stopped.
 
     Returns:
         (solution, report): the trained `TrialSolution` (callable) and a `TrainReport`.
