@@ -25,6 +25,7 @@ import jax.random as jr  # noqa: E402
 
 from jode import trial  # noqa: E402
 from jode.experiments import trial as exp  # noqa: E402
+from jode.trial.train import LM_DAMPING  # noqa: E402
 
 
 def target_of(name: str) -> float:
@@ -44,7 +45,7 @@ def time_to_target(name, config, steps, chunk=250, seed=0):
                            lm_steps=0, **kw)
     elapsed = time.perf_counter() - clock
     err = trial.paper.assess(pp, sol, config["points"])["fine_grid"]
-    lm, damping = 0, 1e-3
+    lm, damping = 0, LM_DAMPING
     while err > target and lm < steps["lm_steps"]:
         clock = time.perf_counter()
         # Each chunk continues the stage where the last stopped (network and damping λ).

@@ -55,6 +55,10 @@ def random_points(problem: Problem, key, n: int, dtype=None):
     return pts[:, 0] if problem.dim == 1 else pts
 
 
+#: Starting damping λ of the Levenberg-Marquardt stage.
+LM_DAMPING = 1e-3
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainReport:
     """What training did: losses after each stage, iterations, times (seconds)."""
@@ -224,7 +228,7 @@ def train(
     progress: bool = True,
     network=None,
     weight=None,
-    lm_damping: float = 1e-3,
+    lm_damping: float = LM_DAMPING,
 ):
     """Train the network of a trial solution on the residual at collocation points.
 
