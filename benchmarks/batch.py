@@ -19,6 +19,10 @@ from __future__ import annotations
 import argparse
 
 import jax
+
+import jode  # noqa: E402
+
+jode.configure_cpu()  # one-kernel XLA:CPU solve loops: before any JAX computation
 import jax.numpy as jnp
 import numpy as np
 
@@ -27,7 +31,6 @@ jax.config.update("jax_enable_x64", True)
 import diffrax  # noqa: E402
 from _timing import interleaved, timed  # noqa: E402
 
-import jode  # noqa: E402
 from jode.models import lotka_volterra  # noqa: E402
 
 TS = jnp.linspace(0.0, 10.0, 101)

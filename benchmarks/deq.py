@@ -25,14 +25,16 @@ import argparse
 
 import diffrax
 import jax
+
+import jode  # noqa: E402
+
+jode.configure_cpu()  # one-kernel XLA:CPU solve loops: before any JAX computation
 import jax.numpy as jnp
 import jax.random as jr
 import lineax as lx
 import optimistix as optx
 from _timing import timed_stats
 
-from jode.data import load_digits
-from jode.experiments.deq import make_deq, standardize
 from jode.fixed_point import (
     Anderson,
     FixedPointIteration,
@@ -42,6 +44,8 @@ from jode.fixed_point import (
     fixed_point,
 )
 from jode.nn.deq import top_singular_value
+from jode_experiments.data import load_digits
+from jode_experiments.deq import make_deq, standardize
 
 WIDTH = 100
 

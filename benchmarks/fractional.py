@@ -17,12 +17,14 @@ import time
 
 import jax
 
+import jode  # noqa: E402
+
+jode.configure_cpu()  # one-kernel XLA:CPU solve loops: before any JAX computation
+
 jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-
-import jode  # noqa: E402
 
 ALPHA, LAM, T1 = 0.6, 1.5, 5.0
 

@@ -24,10 +24,12 @@ import time
 import diffrax as dfx
 import equinox as eqx
 import jax
+
+import jode  # noqa: E402
+
+jode.configure_cpu()  # one-kernel XLA:CPU solve loops: before any JAX computation
 import jax.numpy as jnp
 import numpy as np
-
-import jode
 
 RTOL, ATOL = 1e-3, 1e-6
 BATCH = 256

@@ -23,6 +23,10 @@ import time
 
 import jax
 
+import jode  # noqa: E402
+
+jode.configure_cpu()  # one-kernel XLA:CPU solve loops: before any JAX computation
+
 jax.config.update("jax_enable_x64", True)
 import diffrax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -30,10 +34,10 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import scipy.integrate  # noqa: E402
 
-import jode  # noqa: E402
 from jode import optim  # noqa: E402
-from jode.experiments import ode_optimizer as exp  # noqa: E402
-from jode.optim import compare  # noqa: E402
+from jode_experiments import ode_optimizer as exp  # noqa: E402
+from jode_experiments import optim_compare as compare  # noqa: E402
+from jode_experiments import testfunctions  # noqa: E402
 
 
 def timeit(fn, *args, repeat=5):
@@ -52,7 +56,7 @@ def timeit(fn, *args, repeat=5):
 def steady_state(quick):
     rows = []
     gtol, rtol, atol = 1e-5, 1e-8, 1e-10
-    for test, x0 in ((optim.ROSENBROCK, (-1.5, 2.5)), (optim.CAMEL, (0.5, -0.3))):
+    for test, x0 in ((testfunctions.ROSENBROCK, (-1.5, 2.5)), (testfunctions.CAMEL, (0.5, -0.3))):
         fn = test.fn
         grad = jax.grad(fn)
         x0 = jnp.asarray(x0)
@@ -252,7 +256,7 @@ def protocol_wall(quick, repeats: int = 7):
 
 def heavy_ball_sweep(quick):
     """Rows (function, γ, rtol, reached, reached global, median grad evals) on the 21x21 grid."""
-    from jode.optim.testfunctions import TEST_FUNCTIONS, local_minima_table
+    from jode_experiments.testfunctions import TEST_FUNCTIONS, local_minima_table
 
     rows = []
     gammas = (10.0,) if quick else (3.0, 10.0, 30.0)

@@ -23,13 +23,17 @@ import time
 
 import jax
 
+import jode  # noqa: E402
+
+jode.configure_cpu()  # one-kernel XLA:CPU solve loops: before any JAX computation
+
 jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jode import fit as F  # noqa: E402
-from jode.experiments import recovery_systems as R  # noqa: E402
+from jode_experiments import recovery_systems as R  # noqa: E402
 
 
 def _median_time(fn, repeats):

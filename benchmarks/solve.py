@@ -17,6 +17,10 @@ import statistics
 import time
 
 import jax
+
+import jode  # noqa: E402
+
+jode.configure_cpu()  # one-kernel XLA:CPU solve loops: before any JAX computation
 import jax.numpy as jnp
 import numpy as np
 
@@ -26,7 +30,6 @@ import diffrax  # noqa: E402
 from _timing import interleaved, timed  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
 
-import jode  # noqa: E402
 from jode.models import lorenz, lotka_volterra  # noqa: E402
 
 PROBLEMS = {

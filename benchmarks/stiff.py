@@ -22,14 +22,16 @@ import time
 
 import jax
 
+import jode  # noqa: E402
+
+jode.configure_cpu()  # one-kernel XLA:CPU solve loops: before any JAX computation
+
 jax.config.update("jax_enable_x64", True)
 
 import diffrax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
-
-import jode  # noqa: E402
 
 
 def rober(t, y, k):

@@ -6,7 +6,7 @@ torch.optim.LBFGS), both float64 on CPU, in one process.
 
     python benchmarks/trial.py [--quick] [--problems ode1 pde7 ...]
 
-Time to target: Adam and L-BFGS run as configured (`jode.experiments.trial.STEPS_*`), then
+Time to target: Adam and L-BFGS run as configured (`jode_experiments.trial.STEPS_*`), then
 Levenberg-Marquardt runs in chunks of `--chunk` steps and the error is checked after each chunk
 (the checks are not timed); the clock stops at the first chunk that meets the target. Each
 problem is trained twice: the first ("cold") includes compilation, the second ("warm") reuses
@@ -20,12 +20,17 @@ import time
 
 import jax
 
+import jode  # noqa: E402
+
+jode.configure_cpu()  # one-kernel XLA:CPU solve loops: before any JAX computation
+
 jax.config.update("jax_enable_x64", True)
 import jax.random as jr  # noqa: E402
 
 from jode import trial  # noqa: E402
-from jode.experiments import trial as exp  # noqa: E402
 from jode.trial.train import LM_DAMPING  # noqa: E402
+from jode_experiments import trial as exp  # noqa: E402
+from jode_experiments import trial_problems  # noqa: E402
 
 
 def target_of(name: str) -> float:
@@ -34,7 +39,7 @@ def target_of(name: str) -> float:
 
 def time_to_target(name, config, steps, chunk=250, seed=0):
     """Train `name` until the fine-grid error meets its target; returns timings and counts."""
-    pp = trial.paper.all_problems()[name]
+    pp = trial_problems.all_problems()[name]
     target = target_of(name)
     seed = config.get("seed", seed)
     steps = {**steps, **config.get("steps", {})}  # per-problem steps (Problem 4)
@@ -44,7 +49,7 @@ def time_to_target(name, config, steps, chunk=250, seed=0):
                            adam_steps=steps["adam_steps"], lbfgs_steps=steps["lbfgs_steps"],
                            lm_steps=0, **kw)
     elapsed = time.perf_counter() - clock
-    err = trial.paper.assess(pp, sol, config["points"])["fine_grid"]
+    err = trial_problems.assess(pp, sol, config["points"])["fine_grid"]
     lm, damping = 0, LM_DAMPING
     while err > target and lm < steps["lm_steps"]:
         clock = time.perf_counter()
@@ -56,9 +61,9 @@ def time_to_target(name, config, steps, chunk=250, seed=0):
         elapsed += time.perf_counter() - clock
         lm += rep.lm_steps
         if rep.lm_steps < chunk:  # stalled: no progress in a whole chunk
-            err = trial.paper.assess(pp, sol, config["points"])["fine_grid"]
+            err = trial_problems.assess(pp, sol, config["points"])["fine_grid"]
             break
-        err = trial.paper.assess(pp, sol, config["points"])["fine_grid"]
+        err = trial_problems.assess(pp, sol, config["points"])["fine_grid"]
     return dict(time_s=elapsed, fine_error=err, target=target, reached=err <= target,
                 lm_steps=lm, adam_steps=steps["adam_steps"], lbfgs_steps=steps["lbfgs_steps"])
 

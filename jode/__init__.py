@@ -1,21 +1,17 @@
 """jode: differential equations for machine-learning research, on JAX.
 
     sol = jode.solve(f, y0, t0, t1, args=p, solver=jode.Tsit5(), saveat=ts)
+
+Importing jode has no side effects. The workflows built on the solvers are subpackages
+imported on first use: `jode.fit`, `jode.sweep`, `jode.trial`, `jode.nn`, `jode.optim`,
+`jode.models`. On CPU, call `jode.configure_cpu()` before the first JAX computation for
+solves compiled into one kernel (see `jode/_cpu.py`).
 """
 
-from ._xla import configure as _configure_xla
-from ._xla import xla_flags_applied as xla_flags_applied
+import importlib as _importlib
 
-_configure_xla()  # before anything creates JAX's CPU client (see jode/_xla.py)
-
-# The application layer, as submodules: jode.fit, jode.sweep, jode.trial, jode.nn, jode.optim …
-from . import data as data  # noqa: E402
-from . import fit as fit  # noqa: E402
-from . import models as models  # noqa: E402
-from . import nn as nn  # noqa: E402
-from . import optim as optim  # noqa: E402
-from . import sweep as sweep  # noqa: E402
-from . import trial as trial  # noqa: E402
+from ._cpu import configure_cpu as configure_cpu
+from ._cpu import cpu_configured as cpu_configured
 from .fixed_point import AbstractFixedPointSolver as AbstractFixedPointSolver
 from .fixed_point import Anderson as Anderson
 from .fixed_point import Broyden as Broyden
@@ -62,3 +58,16 @@ from .ode.tableaus import DIRKTableau as DIRKTableau
 from .ode.tableaus import RosenbrockTableau as RosenbrockTableau
 
 __version__ = "0.1.0"
+
+_SUBPACKAGES = ("fit", "sweep", "trial", "nn", "optim", "models")
+
+
+def __getattr__(name):
+    # Subpackages load lazily: `import jode` stays cheap and imports no optax or networks.
+    if name in _SUBPACKAGES:
+        return _importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module 'jode' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_SUBPACKAGES])

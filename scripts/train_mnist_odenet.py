@@ -20,14 +20,17 @@ from pathlib import Path
 
 import equinox as eqx
 import jax
+
+import jode  # noqa: E402
+
+jode.configure_cpu()  # one-kernel XLA:CPU solve loops: before any JAX computation
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
 
-import jode
-from jode.data import load_mnist
 from jode.nn.neural_ode import ConvField, NeuralODE, _conv_init, conv3x3, group_norm
+from jode_experiments.data import load_mnist
 
 
 class MNISTODENet(eqx.Module):

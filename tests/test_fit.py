@@ -14,9 +14,9 @@ from scipy.optimize import curve_fit
 import jode
 import jode.models
 from jode import fit as F
-from jode.experiments import recovery_systems as R
 from jode.fitting import checkpoint as ckpt
 from jode.fitting.uncertainty import _residuals as residuals_jit
+from jode_experiments import recovery_systems as R
 
 
 # --- a problem with a closed form: logistic growth dy/dt = r y (1 − y/K) ------------------
@@ -162,7 +162,7 @@ def test_window_loss_is_the_truncated_loss_even_past_a_blow_up():
 
 # --- a universal differential equation (Rackauckas et al. 2020) -------------------------
 def _ude_errors(config):
-    from jode.experiments import recovery_ude as U
+    from jode_experiments import recovery_ude as U
 
     system = R.SYSTEMS["lotka_volterra"]
     clean = lv_data(None)  # scipy DOP853: independent of the solver being trained
@@ -176,7 +176,7 @@ def test_ude_learns_the_interaction_terms_on_a_short_window():
     noise-free trajectory for t ≤ 1.5 (L-BFGS with a backtracking line search: less to
     compile), matches (−βxy, γxy) on the states visited there to 5% (relative L2) and 10%
     (max error relative to the largest term); measured 3.8% and 7.1% (worst term)."""
-    from jode.experiments.recovery_ude import UDEConfig
+    from jode_experiments.recovery_ude import UDEConfig
 
     config = UDEConfig(t1=1.5, windows=(0.5, 1.0), lbfgs_steps=500, linesearch="backtracking")
     err = _ude_errors(config)
@@ -189,7 +189,7 @@ def test_ude_quick_recipe_learns_the_interaction_terms():
     """`jode reproduce recovery --quick`'s UDE (t ≤ 3, three windows of L-BFGS): the learned
     terms within 2% (relative L2) and 3% (relative max) of −βxy, γxy; measured 0.81% and
     0.63% (worst term)."""
-    from jode.experiments.recovery_ude import QUICK
+    from jode_experiments.recovery_ude import QUICK
 
     err = _ude_errors(QUICK)
     assert max(err["rel_l2"]) < 0.02, err

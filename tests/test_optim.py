@@ -10,7 +10,8 @@ import pytest
 
 import jode
 from jode import optim
-from jode.optim import compare
+from jode_experiments import optim_compare as compare
+from jode_experiments import testfunctions
 
 # A quadratic L(θ) = ½ Σ a_i (θ_i - c_i)² in a pytree: its gradient flow is known exactly,
 # θ_i(t) = c_i + exp(-a_i t)(θ_i(0) - c_i).
@@ -104,7 +105,7 @@ def test_step_relative_error_vs_classic_scale_near_a_minimum():
     # atol + rtol|θ| the step sits on the stability boundary near the minimizer and the stiff
     # component keeps an amplitude of about the tolerance: f stays > 1e-6 above the minimum.
     # Scaled by the step taken, the allowed error shrinks with the motion: f converges.
-    fn, x0 = optim.six_hump_camel, jnp.asarray([0.5, -0.3])
+    fn, x0 = testfunctions.six_hump_camel, jnp.asarray([0.5, -0.3])
     out = {}
     for scale, atol in (("params", 1e-4), ("step", 1e-10)):
         opt = optim.gradient_flow(jode.Tsit5(), rtol=1e-2, atol=atol, error_scale=scale)
@@ -113,7 +114,8 @@ def test_step_relative_error_vs_classic_scale_near_a_minimum():
     f_star = -1.031628453489877  # six_hump_camel at its global minimizers (to 1e-15)
     assert float(fn(out["params"])) - f_star > 1e-6
     assert abs(float(fn(out["step"])) - f_star) < 1e-10
-    np.testing.assert_allclose(np.asarray(out["step"]), optim.CAMEL.minimizers[0], atol=1e-6)
+    camel_min = testfunctions.CAMEL.minimizers[0]
+    np.testing.assert_allclose(np.asarray(out["step"]), camel_min, atol=1e-6)
 
 
 def test_euler_heun_flow_is_gradient_descent_at_one_gradient_per_step():
@@ -184,7 +186,7 @@ def test_heavy_ball_flow_follows_damped_oscillator_and_converges():
 def test_tolerances_may_be_traced():
     # rtol as a traced scalar (a vmapped sweep) gives the iterates of a concrete rtol (to
     # rounding: the batched controller arithmetic may differ in the last bits).
-    fn, x0 = optim.six_hump_camel, jnp.asarray([-1.0, 0.5])
+    fn, x0 = testfunctions.six_hump_camel, jnp.asarray([-1.0, 0.5])
 
     def final(rtol):
         opt = optim.gradient_flow(jode.Bosh3(), rtol=rtol, atol=1e-8, error_scale="step")
@@ -200,11 +202,12 @@ def test_tolerances_may_be_traced():
 
 @pytest.mark.parametrize("solver", [jode.Bosh3, optim.EulerHeun], ids=lambda s: s.__name__)
 @pytest.mark.parametrize(
-    "test_fn, start", [(optim.CAMEL, (-0.6, 0.2)), (optim.GOLDSTEIN_PRICE, (0.5, -0.5))]
+    "test_fn, start",
+    [(testfunctions.CAMEL, (-0.6, 0.2)), (testfunctions.GOLDSTEIN_PRICE, (0.5, -0.5))],
 )
 def test_flow_optimizer_reaches_global_minimum(test_fn, start, solver):
     # The setting of the grid comparison (error relative to the step, rtol 0.1).
-    from jode.optim.testfunctions import local_minima_table
+    from jode_experiments.testfunctions import local_minima_table
 
     minima, values, is_global = local_minima_table(test_fn)
     res = jax.jit(
@@ -303,8 +306,8 @@ def test_truncated_cg_matches_dense_solve():
 @pytest.mark.parametrize(
     "test_fn, start, solver, rtol, gtol",
     [
-        (optim.CAMEL, (0.5, -0.3), None, 1e-8, 1e-5),
-        (optim.GOLDSTEIN_PRICE, (0.4, -0.6), optim.Ros2(), 1e-4, 1e-8),
+        (testfunctions.CAMEL, (0.5, -0.3), None, 1e-8, 1e-5),
+        (testfunctions.GOLDSTEIN_PRICE, (0.4, -0.6), optim.Ros2(), 1e-4, 1e-8),
     ],
 )
 def test_minimize_by_flow_reaches_global_minima(test_fn, start, solver, rtol, gtol):
@@ -325,7 +328,7 @@ def test_minimize_by_flow_reaches_global_minima(test_fn, start, solver, rtol, gt
 
 
 def test_test_functions_minima():
-    for test_fn in (optim.CAMEL, optim.GOLDSTEIN_PRICE, optim.ROSENBROCK):
+    for test_fn in (testfunctions.CAMEL, testfunctions.GOLDSTEIN_PRICE, testfunctions.ROSENBROCK):
         for m in test_fn.local_minimizers:
             g = jax.grad(test_fn.fn)(jnp.asarray(m))
             # Minimizers stored to 12 digits: the gradient vanishes to that level.
@@ -342,7 +345,7 @@ def test_xor_fit():
         (w1, b1), (w2, b2) = p
         return jnp.mean((jax.nn.sigmoid(jnp.tanh(x @ w1 + b1) @ w2 + b2)[:, 0] - y) ** 2)
 
-    from jode.experiments.ode_optimizer import init_mlp
+    from jode_experiments.ode_optimizer import init_mlp
 
     p0 = init_mlp(jax.random.PRNGKey(1), (2, 4, 1), jnp.float64)
     (p, state), _ = _run(optim.gradient_flow(rtol=1e-6, atol=1e-8), loss, p0, 300)
@@ -356,10 +359,10 @@ def test_xor_fit():
 def test_run_to_target_counts_match_adam_reference():
     # Adam's iterates from run_to_target equal a plain optax loop's; the hit is where f
     # first falls within 1e-6 of the nearest local minimum.
-    from jode.optim.testfunctions import local_minima_table
+    from jode_experiments.testfunctions import local_minima_table
 
-    fn = optim.CAMEL.fn
-    minima, values, _ = local_minima_table(optim.CAMEL)
+    fn = testfunctions.CAMEL.fn
+    minima, values, _ = local_minima_table(testfunctions.CAMEL)
     promotion = jax.numpy_dtype_promotion("standard")  # optax.adam mixes int32 counts and floats
     promotion.__enter__()
     x0 = jnp.asarray([0.6, -0.2])

@@ -11,7 +11,9 @@ from jax.flatten_util import ravel_pytree
 
 import jode
 from jode import trial
-from jode.trial import Boundary, Dirichlet, InitialValue, Neumann, Problem, paper
+from jode.trial import Boundary, Dirichlet, InitialValue, Neumann, Problem
+from jode_experiments import trial_baselines
+from jode_experiments import trial_problems as paper
 
 PROBLEMS = paper.all_problems()
 
@@ -117,7 +119,7 @@ def test_ode2_trains_to_1e6_and_beats_euler():
     sol, report = trial.train(pp.problem, jr.key(0), points=20, hidden=10, adam_steps=300,
                               lbfgs_steps=50, lm_steps=1000, progress=False)
     m = paper.assess(pp, sol, 20)
-    base = trial.euler_rk4_errors(pp, 20)
+    base = trial_baselines.euler_rk4_errors(pp, 20)
     assert m["fine_grid"] <= 1e-6
     assert m["fine_grid"] < base["euler"]
     assert base["rk4"] < 1e-7
@@ -186,7 +188,7 @@ def test_ode_quick_acceptance(name):
     assert m["fine_grid"] <= 1e-6
     assert m["conditions"] < 1e-14
     if pp.vector_field is not None:
-        base = trial.euler_rk4_errors(pp, 20)
+        base = trial_baselines.euler_rk4_errors(pp, 20)
         assert m["fine_grid"] < min(base["euler"], base["rk4"])
     assert report.n_params == 30
 
@@ -207,7 +209,9 @@ def test_poisson_fd_is_second_order():
     source = lambda x: jnp.exp(-x[0]) * (x[0] - 2 + x[1] ** 3 + 6 * x[1])  # noqa: E731
     errs = []
     for n in (9, 17):
-        xs, psi = trial.poisson_fd(source, pp.problem.conditions, (0.0, 0.0), (1.0, 1.0), n)
+        xs, psi = trial_baselines.poisson_fd(
+            source, pp.problem.conditions, (0.0, 0.0), (1.0, 1.0), n
+        )
         errs.append(float(jnp.max(jnp.abs(psi - pp.exact(xs)))))
     order = np.log2(errs[0] / errs[1])
     assert abs(order - 2) < 0.15, order
@@ -217,9 +221,9 @@ def test_poisson_fd_is_second_order():
 def test_euler_and_rk4_baselines():
     """The baselines integrate the paper's IVPs as first-order systems (ψ, ψ') correctly."""
     pp = PROBLEMS["ode3_ivp"]
-    xs, ys = trial.baselines.ivp_solve(pp, jode.RK4(), 41)
+    xs, ys = trial_baselines.ivp_solve(pp, jode.RK4(), 41)
     assert float(jnp.max(jnp.abs(ys - pp.exact(xs)))) < 1e-7
-    e = trial.euler_rk4_errors(pp, 41)
+    e = trial_baselines.euler_rk4_errors(pp, 41)
     # Euler's global error is O(h): between h/10 and h for this smooth problem (h = 0.05).
     assert 0.005 < e["euler"] < 0.05 and e["rk4"] < 1e-7
 
@@ -277,7 +281,7 @@ def test_bad_input():
 def test_acceptance_full(name):
     """The acceptance configuration of `jode reproduce trial`: max error on a 10x finer grid
     <= 1e-6 (ODEs) / 1e-5 (PDEs), better than Euler and RK4 on the same points."""
-    from jode.experiments import trial as exp
+    from jode_experiments import trial as exp
 
     pp, cfg = PROBLEMS[name], exp.FULL[name]
     _, _, m = exp.train_one(pp, cfg, exp.STEPS_FULL, progress=False)

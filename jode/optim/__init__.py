@@ -15,11 +15,3 @@ from .minimize import FlowResult as FlowResult
 from .minimize import minimize_by_flow as minimize_by_flow
 from .rosenbrock import Ros2 as Ros2
 from .rosenbrock import truncated_cg as truncated_cg
-from .testfunctions import CAMEL as CAMEL
-from .testfunctions import GOLDSTEIN_PRICE as GOLDSTEIN_PRICE
-from .testfunctions import ROSENBROCK as ROSENBROCK
-from .testfunctions import TEST_FUNCTIONS as TEST_FUNCTIONS
-from .testfunctions import TestFunction as TestFunction
-from .testfunctions import goldstein_price as goldstein_price
-from .testfunctions import rosenbrock as rosenbrock
-from .testfunctions import six_hump_camel as six_hump_camel

@@ -7,10 +7,6 @@ value problems and PDEs on rectangles, with the conditions satisfied exactly.
     solution(1.5), solution.evaluate(xs)
 """
 
-from . import baselines as baselines
-from . import paper as paper
-from .baselines import euler_rk4_errors as euler_rk4_errors
-from .baselines import poisson_fd as poisson_fd
 from .conditions import Boundary as Boundary
 from .conditions import Dirichlet as Dirichlet
 from .conditions import InitialValue as InitialValue

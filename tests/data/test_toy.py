@@ -11,7 +11,14 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from jode.data import checkerboard, eight_gaussians, load_mnist, sample_density, spirals, two_moons
+from jode_experiments.data import (
+    checkerboard,
+    eight_gaussians,
+    load_mnist,
+    sample_density,
+    spirals,
+    two_moons,
+)
 
 
 def test_spirals_geometry_noise_and_times():

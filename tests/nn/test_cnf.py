@@ -15,9 +15,9 @@ import scipy.linalg
 import scipy.stats
 
 import jode
-from jode.data import eight_gaussians
 from jode.nn.cnf import CNF, gaussian_baseline, standard_normal_logpdf
 from jode.nn.neural_ode import MLPField
+from jode_experiments.data import eight_gaussians
 
 A = np.array([[0.3, -0.5], [0.2, -0.4]])
 
@@ -129,7 +129,7 @@ def test_cnf_beats_gaussian_baseline(name):
     steps, batch 256, RK4 with 8 steps, RNODE weights 0.01; minutes per density): the
     held-out log-likelihood, computed with a tight adaptive solve, beats the fitted
     Gaussian's by more than 0.3 nats."""
-    from jode.experiments._neural_ode_generative import train_cnf
+    from jode_experiments._neural_ode_generative import train_cnf
 
     names = ["two_moons", "eight_gaussians", "checkerboard"]
     with jax.enable_x64(False), jax.numpy_dtype_promotion("standard"):

@@ -64,8 +64,8 @@ def test_jacobian_penalty_is_unbiased(layer):
 
 @pytest.mark.slow
 def test_digits_deq_reaches_97_percent():
-    from jode.data import load_digits
-    from jode.experiments.deq import make_deq, standardize, train_classifier
+    from jode_experiments.data import load_digits
+    from jode_experiments.deq import make_deq, standardize, train_classifier
 
     x_train, y_train, x_test, y_test = load_digits()
     x_train, x_test = standardize(x_train, x_test)

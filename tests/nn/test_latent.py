@@ -15,8 +15,8 @@ import optax
 import pytest
 
 import jode
-from jode.data import spirals
 from jode.nn.latent import LatentODE, RNNBaseline
+from jode_experiments.data import spirals
 
 
 def _data(n=16):
@@ -104,7 +104,7 @@ def test_latent_ode_extrapolates_better_than_rnn():
     """The acceptance configuration of `jode reproduce neural-ode` (float32, 300 training
     spirals, 600 Adam steps; minutes): the latent ODE's extrapolation MSE on 100 held-out
     spirals is below the time-gap RNN's."""
-    from jode.experiments._neural_ode_generative import train_latent
+    from jode_experiments._neural_ode_generative import train_latent
 
     with jax.enable_x64(False), jax.numpy_dtype_promotion("standard"):
         metrics, _ = train_latent(

@@ -13,7 +13,7 @@ import pytest
 import scipy.linalg
 
 import jode
-import jode.data
+import jode_experiments.data
 from jode.nn.neural_ode import (
     ConvField,
     MLPField,
@@ -126,7 +126,7 @@ def test_odenet_learns_digits():
     chance and the training loss falls at least 5x."""
     import optax
 
-    x_tr, y_tr, x_te, y_te = (jnp.asarray(a) for a in jode.data.load_digits())
+    x_tr, y_tr, x_te, y_te = (jnp.asarray(a) for a in jode_experiments.data.load_digits())
     x_tr, x_te = x_tr.astype(jnp.float64), x_te.astype(jnp.float64)
     k1, k2, k3 = jr.split(jr.key(0), 3)
     ode = NeuralODE(MLPField(32, 32, 1, key=k2), solver=jode.RK4(), n_steps=2)
@@ -170,7 +170,7 @@ def test_odenet_learns_digits():
 def test_step_memory_bytes_counts_xla_buffers():
     """The peak memory reported for the digits table is XLA's buffer count: for
     y = 2x on 1,000 float32 numbers, 4,000 argument bytes + 4,000 output bytes + temps."""
-    from jode.experiments._neural_ode_digits import step_memory_bytes
+    from jode_experiments._neural_ode_digits import step_memory_bytes
 
     x = jnp.ones(1000, jnp.float32)
     compiled = eqx.filter_jit(lambda x: 2 * x).lower(x).compile()
@@ -182,7 +182,7 @@ def test_step_memory_bytes_counts_xla_buffers():
 def test_odenet_reaches_98_5_percent_on_digits():
     """The acceptance run (about 5 minutes on an idle 2-core CPU): the 64-channel ODE-Net,
     60 epochs with one-pixel shifts, seed 0, test accuracy >= 98.5% on the fixed split."""
-    from jode.experiments._neural_ode_digits import digits_table
+    from jode_experiments._neural_ode_digits import digits_table
 
     # float32, as the experiment runs (the test suite turns x64 on).
     with jax.enable_x64(False), jax.numpy_dtype_promotion("standard"):

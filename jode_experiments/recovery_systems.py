@@ -13,10 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import fit as F
-from .. import models
-from ..ode.explicit import Dopri8
-from ..ode.solve import solve
+from jode import fit as F
+from jode import models
+from jode.ode.explicit import Dopri8
+from jode.ode.solve import solve
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +166,7 @@ def fit_lynx_hare(progress=True, stages=None, **solve_options):
     positive parameters through θ = log p. Returns (loss, result, report); standard errors of
     p by the delta method se(p) = p se(log p), intervals exp(log p̂ ± 1.96 se).
     """
-    from ..data import load_lynx_hare
+    from jode_experiments.data import load_lynx_hare
 
     raw = load_lynx_hare()
     ts = (raw["year"] - raw["year"][0]).astype(np.float64)

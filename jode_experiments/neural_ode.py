@@ -18,17 +18,17 @@ import jax.random as jr
 import numpy as np
 import optax
 
-from .. import plot
-from ..data.toy import DENSITIES
-from ..nn.neural_ode import MLPField, NeuralODE, nfe_counts, reset_nfe
-from ..ode.adjoint import BacksolveAdjoint
-from ..ode.explicit import Tsit5
+from jode.nn.neural_ode import MLPField, NeuralODE, nfe_counts, reset_nfe
+from jode.ode.adjoint import BacksolveAdjoint
+from jode.ode.explicit import Tsit5
+from jode_experiments import plot
+from jode_experiments.data.toy import DENSITIES
+
 from . import _neural_ode_digits as dg
 from . import _neural_ode_generative as gen
 from ._neural_ode_memory import measure_in_subprocess
 
 NAME = "neural-ode"
-ORDER = 40
 
 QUICK = dict(
     channels=8,
@@ -120,7 +120,7 @@ def spiral_demo_data(n_time=100, dtype=jnp.float32):
     y0 = (2, 0), saved at n_time points of [0, 25]."""
     a = jnp.asarray([[-0.1, 2.0], [-2.0, -0.1]], dtype)
     ts = jnp.linspace(0.0, 25.0, n_time, dtype=dtype)
-    from ..ode.solve import solve
+    from jode.ode.solve import solve
 
     sol = solve(
         lambda t, y, args: (y**3) @ a,

@@ -9,9 +9,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ..ode.explicit import RK4, Euler
-from ..ode.solve import solve
-from .conditions import DIRICHLET, Boundary, _edge_value
+from jode.ode.explicit import RK4, Euler
+from jode.ode.solve import solve
+from jode.trial.conditions import DIRICHLET, Boundary, _edge_value
 
 
 def ivp_solve(paper_problem, solver, n: int):

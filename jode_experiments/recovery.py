@@ -22,11 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..plot import pyplot, savefig
+from jode_experiments.plot import pyplot, savefig
+
 from . import recovery_systems as R
 
 NAME = "recovery"
-ORDER = 20
 SEEDS = (0, 1, 2, 3, 4)
 
 

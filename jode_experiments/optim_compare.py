@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from .flow import FlowState, gradient_flow
-from .heavy_ball import heavy_ball_flow
-from .minimize import minimize_by_flow
-from .rosenbrock import Ros2
+from jode.optim.flow import FlowState, gradient_flow
+from jode.optim.heavy_ball import heavy_ball_flow
+from jode.optim.minimize import minimize_by_flow
+from jode.optim.rosenbrock import Ros2
 
 #: Optimizer kinds understood by `make_optimizer`.
 KINDS = ("flow", "flow-ros2", "heavy-ball", "sgd", "momentum", "adam", "lbfgs")

@@ -17,7 +17,7 @@ import jax.random as jr
 import numpy as np
 import optax
 
-from ..nn.neural_ode import ConvField, NeuralODE, ODEBlock, _conv_init, conv3x3, group_norm
+from jode.nn.neural_ode import ConvField, NeuralODE, ODEBlock, _conv_init, conv3x3, group_norm
 
 
 class Stem(eqx.Module):
@@ -209,8 +209,8 @@ def digits_table(
     return ({name: row}, {name: trained model}). Each row: test accuracy and error,
     parameters, training and compile time, peak memory of one training step, forward NFE
     of one batch (ODE-Net: counted by the solver; ResNet: its number of blocks)."""
-    from ..data.images import load_digits
-    from ..ode.explicit import RK4
+    from jode.ode.explicit import RK4
+    from jode_experiments.data.images import load_digits
 
     data = load_digits(flatten=False)
     key = jr.key(seed)

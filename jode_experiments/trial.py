@@ -1,6 +1,6 @@
 """Trial-solution networks (Lagaris, Likas & Fotiadis 1998) on the paper's ODEs and PDEs.
 
-Trains every problem of `jode.trial.paper` (one hidden layer of sigmoid units, float64, Adam
+Trains every problem of `trial_problems` (one hidden layer of sigmoid units, float64, Adam
 then L-BFGS then Levenberg-Marquardt), then writes a table of max |ψ_t − ψ_exact| on the
 training points, on a 10x finer interior grid and just outside the domain, next to Euler and
 RK4 (`jode.solve`, fixed steps, the same number of points) for the initial value problems
@@ -17,8 +17,9 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
+from jode_experiments import trial_baselines, trial_problems
+
 NAME = "trial"
-ORDER = 30
 
 # Per problem: collocation points per coordinate and hidden units (one hidden layer of sigmoid
 # units, one output per component). The paper used 10 points (10x10 on the square) and 10
@@ -68,14 +69,13 @@ STEPS_QUICK = dict(adam_steps=300, lbfgs_steps=100, lm_steps=1000)
 def baseline_errors(pp, n: int) -> dict:
     """Euler/RK4 (initial value problems) or finite differences (Dirichlet Poisson) on the
     same n points per coordinate; empty for the others."""
-    from jode import trial
 
     if pp.vector_field is not None:
-        return trial.euler_rk4_errors(pp, n)
+        return trial_baselines.euler_rk4_errors(pp, n)
     if pp.name in ("pde5", "pde6"):
         source = _poisson_source(pp)
-        xs, psi = trial.poisson_fd(source, pp.problem.conditions, pp.problem.lower,
-                                   pp.problem.upper, n)
+        xs, psi = trial_baselines.poisson_fd(source, pp.problem.conditions, pp.problem.lower,
+                                             pp.problem.upper, n)
         return {"fd5": float(jnp.max(jnp.abs(psi - pp.exact(xs))))}
     return {}
 
@@ -101,12 +101,12 @@ def train_one(pp, config: dict, steps: dict, seed: int = 0, progress: bool = Tru
     sol, report = trial.train(pp.problem, jr.key(seed), points=config["points"],
                               hidden=config["hidden"], weight=config.get("weight"),
                               progress=progress, **steps)
-    metrics = trial.paper.assess(pp, sol, config["points"])
+    metrics = trial_problems.assess(pp, sol, config["points"])
     return sol, report, metrics
 
 
 def _plot_odes(results, out_dir: Path):
-    from jode.plot import pyplot, savefig
+    from jode_experiments.plot import pyplot, savefig
 
     plt = pyplot()
     names = [n for n, r in results.items() if r["problem"].problem.dim == 1]
@@ -138,7 +138,7 @@ def _plot_odes(results, out_dir: Path):
 
 
 def _plot_pdes(results, out_dir: Path):
-    from jode.plot import pyplot, savefig
+    from jode_experiments.plot import pyplot, savefig
 
     plt = pyplot()
     names = [n for n, r in results.items() if r["problem"].problem.dim == 2]
@@ -182,13 +182,12 @@ def format_table(rows: dict) -> str:
 def run(out_dir: Path, quick: bool) -> dict:
     from tqdm.auto import tqdm
 
-    from jode import trial
 
     jax.config.update("jax_enable_x64", True)
     out_dir = Path(out_dir)
     configs = QUICK if quick else FULL
     steps = STEPS_QUICK if quick else STEPS_FULL
-    problems = trial.paper.all_problems()
+    problems = trial_problems.all_problems()
     results, rows = {}, {}
     for name in tqdm(list(configs), desc="problems"):
         pp, cfg = problems[name], configs[name]

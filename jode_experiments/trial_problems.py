@@ -34,8 +34,8 @@ from collections.abc import Callable
 
 import jax.numpy as jnp
 
-from .conditions import Boundary, Dirichlet, InitialValue, Neumann
-from .problem import Problem
+from jode.trial.conditions import Boundary, Dirichlet, InitialValue, Neumann
+from jode.trial.problem import Problem
 
 PI = jnp.pi
 
@@ -246,7 +246,7 @@ def condition_error(solution) -> float:
 def _condition_error_impl(solution):
     import jax
 
-    from .conditions import DIRICHLET, _edge_value
+    from jode.trial.conditions import DIRICHLET, _edge_value
 
     prob = solution.problem
     cond = prob.conditions

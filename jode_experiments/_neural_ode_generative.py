@@ -12,11 +12,11 @@ import jax.random as jr
 import optax
 from tqdm import tqdm
 
-from ..data.toy import sample_density, spirals
-from ..nn.cnf import CNF, gaussian_baseline
-from ..nn.latent import LatentODE, RNNBaseline
-from ..nn.neural_ode import MLPField
-from ..ode.explicit import RK4, Tsit5
+from jode.nn.cnf import CNF, gaussian_baseline
+from jode.nn.latent import LatentODE, RNNBaseline
+from jode.nn.neural_ode import MLPField
+from jode.ode.explicit import RK4, Tsit5
+from jode_experiments.data.toy import sample_density, spirals
 
 
 def _fit(model, loss_fn, n_iter, lr, key, desc, progress=True, cosine=False):

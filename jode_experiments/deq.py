@@ -22,13 +22,12 @@ import optax
 from tqdm.auto import tqdm
 
 NAME = "deq"
-ORDER = 60
 
 DOTTIE = 0.739085133215160641655312087673873404
 
 
 def _solvers():
-    from ..fixed_point import Anderson, Broyden, FixedPointIteration, Newton, SteadyState
+    from jode.fixed_point import Anderson, Broyden, FixedPointIteration, Newton, SteadyState
 
     return {
         "iteration": FixedPointIteration(),
@@ -42,7 +41,7 @@ def _solvers():
 
 def cos_table() -> dict:
     """cos z = z from z0 = -1 to 1e-13 with every solver: steps, f evaluations, error."""
-    from ..fixed_point import fixed_point
+    from jode.fixed_point import fixed_point
 
     rows = {}
     for name, solver in _solvers().items():
@@ -87,8 +86,8 @@ def standardize(x_train, x_test):
 
 def make_deq(in_size, width, n_out, key, solver=None, rtol=1e-3, atol=1e-3, max_steps=40,
              adjoint=None):
-    from ..fixed_point import Anderson, ImplicitAdjoint
-    from ..nn import DEQClassifier
+    from jode.fixed_point import Anderson, ImplicitAdjoint
+    from jode.nn import DEQClassifier
 
     return DEQClassifier(
         in_size, width, n_out, key=key, dtype=jnp.float32,
@@ -208,7 +207,7 @@ def _with_budget(deq, n):
 
 
 def _load_mnist():
-    from ..data import load_mnist
+    from jode_experiments.data import load_mnist
 
     try:
         xtr, ytr = load_mnist("train")
@@ -221,9 +220,9 @@ def _load_mnist():
 
 def run(out_dir: Path, quick: bool) -> dict:
     jax.config.update("jax_enable_x64", True)
-    from ..data import load_digits
-    from ..fixed_point import SteadyState
-    from ..plot import pyplot, savefig
+    from jode.fixed_point import SteadyState
+    from jode_experiments.data import load_digits
+    from jode_experiments.plot import pyplot, savefig
 
     plt = pyplot()
     metrics = {}

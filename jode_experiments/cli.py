@@ -34,7 +34,7 @@ def _jsonable(x):
 
 
 def reproduce(names: list[str], quick: bool, results: Path) -> dict:
-    from .experiments import available
+    from jode_experiments import available
 
     errors: dict = {}
     experiments = available(errors)
@@ -70,12 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="list the experiments")
     ns = parser.parse_args(argv)
     if ns.command == "list":
-        from .experiments import available
+        from jode_experiments import TARGETS
 
-        for name, module in available().items():
-            doc = (module.__doc__ or "").strip().splitlines()
-            print(f"{name:16s} {doc[0] if doc else ''}")
+        for name, (_, description) in TARGETS.items():
+            print(f"{name:16s} {description}")
         return 0
+    import jode
+
+    jode.configure_cpu()  # before the first JAX computation: one-kernel solve loops
     if ns.quick:
         os.environ["JODE_QUICK"] = "1"
     reproduce(ns.names, ns.quick, ns.results)

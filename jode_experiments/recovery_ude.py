@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import fit as F
-from ..ode.explicit import RK4
+from jode import fit as F
+from jode.ode.explicit import RK4
 
 ALPHA, DELTA = 1.5, 3.0  # known (the truth of the Lotka-Volterra recipe)
 BETA, GAMMA = 1.0, 1.0  # what the network must learn

@@ -35,13 +35,12 @@ import optax
 
 from jode.ode.control import PIDController
 from jode.ode.explicit import Bosh3, EulerHeun, Tsit5
-from jode.optim import compare as C
 from jode.optim.chebyshev import Chebyshev
 from jode.optim.rosenbrock import Ros2
-from jode.optim.testfunctions import TEST_FUNCTIONS, local_minima_table
+from jode_experiments import optim_compare as C
+from jode_experiments.testfunctions import TEST_FUNCTIONS, local_minima_table
 
 NAME = "ode-optimizer"
-ORDER = 50
 
 #: Optimizers on the test functions: name -> (kind, fixed settings, the value used without
 #: tuning). The hyperparameter is the learning rate for SGD, momentum and Adam and rtol for
@@ -225,7 +224,7 @@ COLORS = {
 
 
 def path_figure(out_dir: Path, all_paths: dict):
-    from jode.plot import pyplot, savefig
+    from jode_experiments.plot import pyplot, savefig
 
     plt = pyplot()
     fig, axes = plt.subplots(1, len(all_paths), figsize=(5.2 * len(all_paths), 4.3))
@@ -242,7 +241,7 @@ def path_gif(out_dir: Path, key: str, paths: dict, frames: int):
     """Animated paths (matplotlib.animation with the pillow writer), like the article's."""
     from matplotlib import animation
 
-    from jode.plot import pyplot
+    from jode_experiments.plot import pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
@@ -428,7 +427,7 @@ def train_compare(data, sizes, seeds, optimizers, max_iters: int, progress=None)
 
 def digits_data(seed: int = 0):
     """Digits 0-4: 100 per class train, 40 per class validation, the rest (≈40) test."""
-    from jode.data import load_digits
+    from jode_experiments.data import load_digits
 
     x, y, _, _ = load_digits(test_fraction=0.0, classes=range(5))
     return split_per_class(x, y, 100, 40, seed)
@@ -555,7 +554,7 @@ def run_networks(out_dir: Path, quick: bool) -> dict:
             else to_target / adam["wall_s"],
         )
     if os.environ.get("JODE_MNIST_DIR") and not quick:
-        from jode.data import load_mnist
+        from jode_experiments.data import load_mnist
 
         x, y = load_mnist("train", classes=range(5))
         xt, yt = load_mnist("test", classes=range(5))

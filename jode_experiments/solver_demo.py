@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 NAME = "solver"
-ORDER = 0
 
 
 def _reference(f, y0, ts, args):
@@ -34,7 +33,7 @@ def run(out_dir: Path, quick: bool) -> dict:
     jax.config.update("jax_enable_x64", True)
     import jode
     from jode.models import lorenz, lotka_volterra
-    from jode.plot import pyplot, savefig
+    from jode_experiments.plot import pyplot, savefig
 
     problems = {
         "lotka_volterra": (lotka_volterra, [1.0, 1.0], [1.5, 1.0, 3.0, 1.0]),

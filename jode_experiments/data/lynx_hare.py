@@ -20,7 +20,7 @@ def load_lynx_hare(dtype=np.float64) -> dict:
 
     Hare (prey) and lynx (predator) pelts traded, in thousands, for the years 1900-1920.
     """
-    text = resources.files("jode.data").joinpath(_FILE).read_text()
+    text = resources.files("jode_experiments.data").joinpath(_FILE).read_text()
     lines = text.splitlines()
     source = "\n".join(ln.lstrip("# ") for ln in lines if ln.startswith("#"))
     rows = [ln for ln in lines if ln and not ln.startswith("#")]
