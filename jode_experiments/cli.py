@@ -33,7 +33,100 @@ def _jsonable(x):
     return str(x)
 
 
+class ResultsNotWritableError(PermissionError):
+    """The results folder (or a target's folder in it) cannot be written."""
+
+
+def check_writable(results: Path, names) -> None:
+    """Fail before any work when `results` or an existing `results/NAME` cannot be written.
+
+    A probe folder is created and removed (permission bits alone mislead on read-only mounts
+    and for root); an existing target folder must be writable too, since it is replaced.
+
+    Raises:
+        ResultsNotWritableError: naming the folder and what to do.
+    """
+    import shutil
+    import tempfile
+
+    results = Path(results)
+    folders = [results] + [results / n for n in names if (results / n).is_dir()]
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(tempfile.mkdtemp(prefix=".jode-write-probe-", dir=folder))
+        except OSError as exc:
+            raise ResultsNotWritableError(
+                f"results folder {str(folder)!r} is not writable ({exc.strerror or exc}); "
+                "make it writable or choose another with --results PATH"
+            ) from exc
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    # Rename the old folder away, the new one in, then delete the old one: at every moment
+    # `target` is either the earlier complete result or the new complete one.
+    import shutil
+    import uuid
+
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(target, old)
+    try:
+        os.rename(new, target)
+    except BaseException:
+        if old is not None:
+            os.rename(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def run_target(name: str, module, quick: bool, results: Path) -> dict:
+    """Run one target into a sibling temporary folder and swap it in when it completes.
+
+    An interrupted or failed run leaves `results/NAME` as it was; what it wrote is kept in
+    `results/NAME.incomplete` for inspection.
+    """
+    import shutil
+    import tempfile
+
+    target = results / name
+    work = Path(tempfile.mkdtemp(prefix=f".{name}.running-", dir=results))
+    print(f"[jode] reproduce {name} ({'quick' if quick else 'full'}) -> {target}", flush=True)
+    start = time.perf_counter()
+    try:
+        metrics = dict(module.run(work, quick=quick))
+        metrics.update(wall_time_s=time.perf_counter() - start, quick=quick)
+        if quick:
+            cannot = getattr(module, "QUICK_CANNOT_MEET", {})
+            metrics["quick_cannot_meet"] = [
+                dict(flag=flag, reason=reason) for flag, reason in cannot.items()
+            ]
+        _write_json_atomic(work / "metrics.json", metrics)
+    except BaseException:
+        kept = results / f"{name}.incomplete"
+        shutil.rmtree(kept, ignore_errors=True)
+        try:
+            os.rename(work, kept)
+            print(f"[jode] {name} did not complete: {target} is unchanged; "
+                  f"partial output in {kept}", file=sys.stderr, flush=True)
+        except OSError:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    _replace_folder(work, target)
+    print(f"[jode] {name}: done in {metrics['wall_time_s']:.1f} s", flush=True)
+    return metrics
+
+
 def reproduce(names: list[str], quick: bool, results: Path) -> dict:
+    from jode_experiments import TARGETS
+
+    results = Path(results)
+    # Before importing any target (JAX) or running anything: a folder we cannot write is
+    # reported at once, not after the first target's work.
+    check_writable(results, [n for n in names or TARGETS if n in TARGETS])
+
     from jode_experiments import available
 
     errors: dict = {}
@@ -48,15 +141,7 @@ def reproduce(names: list[str], quick: bool, results: Path) -> dict:
         )
     summary = {}
     for name in names or list(experiments):
-        out_dir = results / name
-        out_dir.mkdir(parents=True, exist_ok=True)
-        print(f"[jode] reproduce {name} ({'quick' if quick else 'full'}) -> {out_dir}", flush=True)
-        start = time.perf_counter()
-        metrics = experiments[name].run(out_dir, quick=quick)
-        metrics = dict(metrics, wall_time_s=time.perf_counter() - start, quick=quick)
-        _write_json_atomic(out_dir / "metrics.json", metrics)
-        summary[name] = metrics
-        print(f"[jode] {name}: done in {metrics['wall_time_s']:.1f} s", flush=True)
+        summary[name] = run_target(name, experiments[name], quick, results)
     return summary
 
 
@@ -80,7 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     jode.configure_cpu()  # before the first JAX computation: one-kernel solve loops
     if ns.quick:
         os.environ["JODE_QUICK"] = "1"
-    reproduce(ns.names, ns.quick, ns.results)
+    try:
+        reproduce(ns.names, ns.quick, ns.results)
+    except ResultsNotWritableError as exc:
+        print(f"jode: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jode: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
