@@ -12,6 +12,7 @@ import importlib as _importlib
 
 from ._cpu import configure_cpu as configure_cpu
 from ._cpu import cpu_configured as cpu_configured
+from ._results import RESULTS as RESULTS
 from .fixed_point import AbstractFixedPointSolver as AbstractFixedPointSolver
 from .fixed_point import Anderson as Anderson
 from .fixed_point import Broyden as Broyden
@@ -31,6 +32,8 @@ from .ode.batch import solve_batch as solve_batch
 from .ode.control import ConstantStep as ConstantStep
 from .ode.control import PIDController as PIDController
 from .ode.explicit import RK4 as RK4
+from .ode.explicit import AbstractExplicitRK as AbstractExplicitRK
+from .ode.explicit import AbstractSolver as AbstractSolver
 from .ode.explicit import Bosh3 as Bosh3
 from .ode.explicit import Dopri5 as Dopri5
 from .ode.explicit import Dopri8 as Dopri8
@@ -40,9 +43,12 @@ from .ode.explicit import ExplicitRK as ExplicitRK
 from .ode.explicit import Heun as Heun
 from .ode.explicit import Midpoint as Midpoint
 from .ode.explicit import Ralston as Ralston
+from .ode.explicit import StepResult as StepResult
 from .ode.explicit import Tsit5 as Tsit5
 from .ode.fractional import solve_fractional as solve_fractional
 from .ode.implicit import ESDIRK as ESDIRK
+from .ode.implicit import AbstractESDIRK as AbstractESDIRK
+from .ode.implicit import AbstractRosenbrock as AbstractRosenbrock
 from .ode.implicit import ImplicitEuler as ImplicitEuler
 from .ode.implicit import Kvaerno3 as Kvaerno3
 from .ode.implicit import Kvaerno5 as Kvaerno5

@@ -1,12 +1,12 @@
 """`solve(..., backend="diffrax")`: the same call carried out by diffrax (Kidger 2021).
 
-Solvers map to diffrax's own class when it is the same method (Euler, Midpoint, Heun,
-Ralston, Bosh3, Dopri5, Tsit5 and the implicit ones), and otherwise to a diffrax explicit
-RK built from jode's tableau (RK4, Dopri8 = DOP853, user tableaux), so both backends run
-the same method. Tolerances, controller coefficients, save times, jump times, terminating
-conditions and adjoints are translated; the result is a `jode.Solution` with the same
-statuses and statistics (diffrax does not count f-evaluations: `nfev` is derived from the
-step counts exactly as jode counts them).
+Solvers map by type to diffrax's own class when it is the same method (Euler, Midpoint,
+Heun, Ralston, Bosh3, Dopri5, Tsit5 and the implicit ones), and otherwise to a diffrax
+explicit RK built from jode's tableau (RK4, EulerHeun, Dopri8 = DOP853, user tableaux), so
+both backends run the same method. Tolerances, controller coefficients, save times, jump
+times, terminating conditions and adjoints are translated; the result is a `jode.Solution`
+with the same statuses and statistics (diffrax does not count f-evaluations: `nfev` is
+derived from the step counts exactly as jode counts them).
 """
 
 from __future__ import annotations
@@ -18,26 +18,35 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import explicit, implicit
+from . import tableaus as tb
 from .control import ConstantStep, PIDController
 from .solution import Solution, Status, raise_on_failure
 
+# The same method on both backends, matched by type (never by name). diffrax's Dopri8 is
+# Prince & Dormand's 13-stage 8(7) pair, not DOP853, so jode.Dopri8 runs its own tableau.
 _NATIVE = {
-    "Euler": dfx.Euler,
-    "Midpoint": dfx.Midpoint,
-    "Heun": dfx.Heun,
-    "Ralston": dfx.Ralston,
-    "Bosh3": dfx.Bosh3,
-    "Dopri5": dfx.Dopri5,
-    "Tsit5": dfx.Tsit5,
-    "ImplicitEuler": dfx.ImplicitEuler,
-    "Kvaerno3": dfx.Kvaerno3,
-    "Kvaerno5": dfx.Kvaerno5,
+    explicit.Euler: dfx.Euler,
+    explicit.Midpoint: dfx.Midpoint,
+    explicit.Heun: dfx.Heun,
+    explicit.Ralston: dfx.Ralston,
+    explicit.Bosh3: dfx.Bosh3,
+    explicit.Dopri5: dfx.Dopri5,
+    explicit.Tsit5: dfx.Tsit5,
+    implicit.ImplicitEuler: dfx.ImplicitEuler,
+    implicit.Kvaerno3: dfx.Kvaerno3,
+    implicit.Kvaerno5: dfx.Kvaerno5,
 }
 
 
 @functools.cache
-def _erk_from_tableau(tableau):
-    """A diffrax explicit RK class running jode's tableau (Hermite dense output)."""
+def _erk_from_tableau(tableau: tb.ButcherTableau):
+    """A diffrax explicit RK class running jode's tableau (cubic Hermite dense output).
+
+    diffrax's `AbstractERK` takes a `diffrax.ButcherTableau` of the same (a, b, c, b_err)
+    data, so every explicit jode tableau runs unchanged; `functools.cache` (tableaux hash
+    by value) returns one class per method, so diffrax's compile caches hit.
+    """
     a_lower = tuple(tableau.a[i, :i] for i in range(1, tableau.stages))
     # diffrax requires error weights; zeros for a method without an estimate (constant steps).
     b_error = tableau.b_err if tableau.b_err is not None else np.zeros(tableau.stages)
@@ -56,21 +65,36 @@ def _erk_from_tableau(tableau):
         def error_order(self, terms):
             return error_order
 
-    TableauERK.__name__ = f"jode_{tableau.name}"
+    TableauERK.__name__ = TableauERK.__qualname__ = f"jode_{tableau.name}"
     return TableauERK
 
 
 def to_diffrax_solver(solver):
-    """The diffrax solver running the same method as a jode solver."""
-    name = getattr(solver, "name", None)
-    if name in _NATIVE:
-        return _NATIVE[name]()
-    tableau = getattr(solver, "tableau", None)
-    if tableau is not None and hasattr(tableau, "b_err") and not getattr(solver, "implicit", False):
-        if (tableau.b_err is None) != (tableau.error_order is None):
-            raise ValueError(f"cannot translate {solver!r} to diffrax")
-        return _erk_from_tableau(tableau)()
-    raise ValueError(f"backend='diffrax' has no counterpart for solver {solver!r}")
+    """The diffrax solver running the same method as a jode solver.
+
+    Built-in methods map by type to diffrax's class of the same method (RK4 and EulerHeun,
+    which diffrax lacks, run their tableau); `jode.ExplicitRK(tableau)` runs its tableau
+    as a diffrax `AbstractERK`.
+
+    Raises:
+        ValueError: for a solver diffrax cannot express (a user ESDIRK or Rosenbrock
+            tableau, the gradient-flow steppers of `jode.optim`).
+    """
+    native = _NATIVE.get(type(solver))
+    if native is not None:
+        return native()
+    if isinstance(solver, explicit.ExplicitRK):
+        # A user tableau equal (by value) to a built-in one is that method.
+        for cls, dfx_cls in _NATIVE.items():
+            if getattr(cls, "tableau", None) == solver.tableau:
+                return dfx_cls()
+    if isinstance(solver, explicit.AbstractExplicitRK):
+        return _erk_from_tableau(solver.tableau)()
+    raise ValueError(
+        f"backend='diffrax' cannot run solver {solver!r}: diffrax has no counterpart for it. "
+        "Use backend='jode', or one of the built-in methods (jode.Tsit5(), jode.Kvaerno5(), "
+        "...) or an explicit jode.ExplicitRK(tableau), which run on both backends"
+    )
 
 
 def _to_diffrax_adjoint(adjoint):
@@ -193,5 +217,5 @@ def solve_diffrax(
         interpolation=sol.interpolation if saveat.dense else None,
     )
     if throw:
-        out = raise_on_failure(out, max_steps, repr(solver) + " (diffrax backend)")
+        out = raise_on_failure(out, max_steps, solver, backend="diffrax")
     return out

@@ -1,4 +1,10 @@
-"""One explicit Runge-Kutta step for any tableau.
+"""The solver protocol, and one explicit Runge-Kutta step for any tableau.
+
+Every jode method is a final class deriving from `AbstractSolver` (equinox's "abstract or
+final" pattern): `jode.Tsit5` is a type whose validated tableau is a class variable, and
+`jode.ExplicitRK(tableau)` runs a user's tableau with the same stepper. The loop in
+`solve` sees only the protocol: `init_state`, `step`, `order`, `error_order`,
+`f_evals_per_step`, `implicit`, `adaptive` and `stats`.
 
 For a tableau (a, b, c, b_err) the step from (t, y) with size h is
 
@@ -17,7 +23,8 @@ sums that XLA fuses, and zero coefficients are skipped when the graph is built.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import abc
+from typing import Any, ClassVar, NamedTuple
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -27,13 +34,83 @@ from .interpolation import hermite_coeffs, tableau_coeffs
 
 
 class StepResult(NamedTuple):
-    """What one step returns; `coeffs` are the dense-output polynomial in θ ∈ [0, 1]."""
+    """What one step returns.
+
+    Attributes:
+        y1: the state at t + h.
+        f1: f(t + h, y1), the next step's first stage.
+        error: the local error estimate (None for a method without one).
+        coeffs: the dense-output polynomial in θ ∈ [0, 1].
+        ok: False when the step failed (a Newton iteration that did not converge, a
+            non-finite value): the controller rejects it and shrinks h.
+        state: the solver state for the next step (None for stateless solvers).
+    """
 
     y1: jnp.ndarray
     f1: jnp.ndarray
     error: jnp.ndarray | None
     coeffs: jnp.ndarray
     ok: jnp.ndarray | bool
+    state: Any = None
+
+
+class AbstractSolver(eqx.Module):
+    """The interface every jode solver implements; subclass it to add a kind of method.
+
+    A solver is an immutable equinox Module: it compares and hashes by value, so compile
+    caches keyed on it hit for equal solvers. `f(t, y)` below is the flat vector field
+    (`solve` ravels pytrees and closes over `args`).
+
+    Methods:
+        init_state(f, t, y, fy, rtol, atol): the state carried between steps (None if the
+            method keeps none); nothing is evaluated.
+        step(f, t, y, fy, h, state=None) -> StepResult: one step from (t, y), fy = f(t, y).
+        stats(state): counts to add to `Solution.stats` (empty for stateless solvers).
+
+    Properties:
+        order, error_order (local order of the error estimate, None without one),
+        f_evals_per_step, implicit (a stiff solver: sets failure messages and the diffrax
+        mapping), adaptive (has an error estimate).
+    """
+
+    @property
+    @abc.abstractmethod
+    def order(self) -> int:
+        """The classical order of the method."""
+
+    @property
+    @abc.abstractmethod
+    def error_order(self) -> int | None:
+        """The local order of the error estimate (sets the controller's exponent)."""
+
+    @property
+    @abc.abstractmethod
+    def f_evals_per_step(self) -> int:
+        """New vector-field evaluations per step (at least, for iterative methods)."""
+
+    @property
+    @abc.abstractmethod
+    def implicit(self) -> bool:
+        """Whether the method is for stiff problems (uses the Jacobian)."""
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the method has an error estimate, so that it can adapt its step."""
+        return self.error_order is not None
+
+    def init_state(self, f, t, y, fy, rtol=1e-6, atol=1e-6):
+        """The state carried from step to step; None for a stateless method."""
+        del f, t, y, fy, rtol, atol
+        return None
+
+    @abc.abstractmethod
+    def step(self, f, t, y, fy, h, state=None) -> StepResult:
+        """One step of size h from (t, y), with fy = f(t, y)."""
+
+    def stats(self, state) -> dict:
+        """Counts for `Solution.stats` from the final state (none for stateless methods)."""
+        del state
+        return {}
 
 
 def _combine(y, h, weights, ks):
@@ -74,13 +151,10 @@ def rk_step(tableau: tb.ButcherTableau, f, t, y, fy, h) -> StepResult:
     return StepResult(y1, f1, error, coeffs, True)
 
 
-class ExplicitRK(eqx.Module):
-    """An explicit Runge-Kutta solver: nothing but its tableau.
+class AbstractExplicitRK(AbstractSolver):
+    """An explicit Runge-Kutta method: its data is a validated `ButcherTableau`."""
 
-    Build one from your own `ButcherTableau` to add a method: `ExplicitRK(my_tableau)`.
-    """
-
-    tableau: tb.ButcherTableau = eqx.field(static=True)
+    tableau: eqx.AbstractVar[tb.ButcherTableau]
 
     @property
     def name(self) -> str:
@@ -106,39 +180,95 @@ class ExplicitRK(eqx.Module):
     def implicit(self) -> bool:
         return False
 
-    def step(self, f, t, y, fy, h, jac=None) -> StepResult:
-        del jac
+    def step(self, f, t, y, fy, h, state=None) -> StepResult:
+        del state
         return rk_step(self.tableau, f, t, y, fy, h)
 
     def __repr__(self) -> str:
-        return f"jode.{self.tableau.name}()"
+        # What a user types to build it again; `ExplicitRK` shows its tableau instead.
+        return f"jode.{type(self).__name__}()"
 
 
-def _named(tableau: tb.ButcherTableau, doc: str):
-    def make() -> ExplicitRK:
-        return ExplicitRK(tableau)
+class ExplicitRK(AbstractExplicitRK):
+    """An explicit Runge-Kutta solver from your own tableau: `ExplicitRK(my_tableau)`.
 
-    make.__name__ = make.__qualname__ = tableau.name
-    make.__doc__ = doc
-    return make
+    Args:
+        tableau: a `jode.ButcherTableau` (checked against the order conditions when built).
+    """
+
+    tableau: tb.ButcherTableau = eqx.field(static=True)
+
+    def __check_init__(self):
+        if not isinstance(self.tableau, tb.ButcherTableau):
+            raise ValueError(
+                f"tableau must be a jode.ButcherTableau; got {type(self.tableau).__name__}"
+            )
+
+    def __repr__(self) -> str:
+        return f"jode.ExplicitRK({self.tableau!r})"
 
 
-Euler = _named(tb.EULER, "Forward Euler, order 1, constant steps only.")
-Midpoint = _named(tb.MIDPOINT, "Explicit midpoint rule, order 2, constant steps only.")
-Heun = _named(tb.HEUN, "Heun's method, order 2 with embedded Euler (adaptive 2(1)).")
-EulerHeun = _named(
-    tb.EULER_HEUN,
-    "Forward Euler with Heun's error estimate, adaptive 1(2), FSAL: one evaluation per step.",
-)
-Ralston = _named(tb.RALSTON, "Ralston's method, order 2, constant steps only.")
-RK4 = _named(tb.RK4, "The classic fourth-order Runge-Kutta method, constant steps only.")
-Bosh3 = _named(tb.BOSH3, "Bogacki-Shampine 3(2), FSAL, cubic dense output.")
-Dopri5 = _named(tb.DOPRI5, "Dormand-Prince 5(4), FSAL, 4th-order dense output.")
-Tsit5 = _named(tb.TSIT5, "Tsitouras 5(4), FSAL, 4th-order dense output; the default.")
-Dopri8 = _named(tb.DOPRI8, "Dormand-Prince DOP853: order 8, 5th-order error estimate.")
+class Euler(AbstractExplicitRK):
+    """Forward Euler, order 1, constant steps only."""
 
-#: Named constructors, for error messages and test registries.
-EXPLICIT_SOLVERS = {
-    m.__name__: m
-    for m in (Euler, Midpoint, Heun, EulerHeun, Ralston, RK4, Bosh3, Dopri5, Tsit5, Dopri8)
-}
+    tableau: ClassVar[tb.ButcherTableau] = tb.EULER
+
+
+class Midpoint(AbstractExplicitRK):
+    """Explicit midpoint rule, order 2, constant steps only."""
+
+    tableau: ClassVar[tb.ButcherTableau] = tb.MIDPOINT
+
+
+class Heun(AbstractExplicitRK):
+    """Heun's method, order 2 with embedded Euler (adaptive 2(1))."""
+
+    tableau: ClassVar[tb.ButcherTableau] = tb.HEUN
+
+
+class EulerHeun(AbstractExplicitRK):
+    """Forward Euler with Heun's error estimate, adaptive 1(2), FSAL: one evaluation per step."""
+
+    tableau: ClassVar[tb.ButcherTableau] = tb.EULER_HEUN
+
+
+class Ralston(AbstractExplicitRK):
+    """Ralston's method, order 2, constant steps only."""
+
+    tableau: ClassVar[tb.ButcherTableau] = tb.RALSTON
+
+
+class RK4(AbstractExplicitRK):
+    """The classic fourth-order Runge-Kutta method, constant steps only."""
+
+    tableau: ClassVar[tb.ButcherTableau] = tb.RK4
+
+
+class Bosh3(AbstractExplicitRK):
+    """Bogacki-Shampine 3(2), FSAL, cubic dense output."""
+
+    tableau: ClassVar[tb.ButcherTableau] = tb.BOSH3
+
+
+class Dopri5(AbstractExplicitRK):
+    """Dormand-Prince 5(4), FSAL, 4th-order dense output."""
+
+    tableau: ClassVar[tb.ButcherTableau] = tb.DOPRI5
+
+
+class Tsit5(AbstractExplicitRK):
+    """Tsitouras 5(4), FSAL, 4th-order dense output; the default."""
+
+    tableau: ClassVar[tb.ButcherTableau] = tb.TSIT5
+
+
+class Dopri8(AbstractExplicitRK):
+    """Dormand-Prince DOP853: order 8, 5th-order error estimate."""
+
+    tableau: ClassVar[tb.ButcherTableau] = tb.DOPRI8
+
+
+_BUILTIN = (Euler, Midpoint, Heun, EulerHeun, Ralston, RK4, Bosh3, Dopri5, Tsit5, Dopri8)
+
+#: The built-in explicit methods by name, for error messages and test registries.
+EXPLICIT_SOLVERS = {m.__name__: m for m in _BUILTIN}

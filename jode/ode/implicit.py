@@ -26,7 +26,7 @@ output is cubic Hermite through (y, f(t, y)) and (y_1, f(t + h, y_1)).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import equinox as eqx
 import jax
@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import tableaus as tb
+from .explicit import AbstractSolver, StepResult
 from .interpolation import hermite_coeffs
 from .linalg import lu_factor, lu_solve
 from .newton import newton_solve
@@ -41,6 +42,8 @@ from .newton import newton_solve
 __all__ = [
     "ImplicitState",
     "ImplicitStepResult",
+    "AbstractESDIRK",
+    "AbstractRosenbrock",
     "ESDIRK",
     "Rosenbrock",
     "ImplicitEuler",
@@ -80,15 +83,8 @@ class ImplicitState(NamedTuple):
     nlinsolve: jax.Array
 
 
-class ImplicitStepResult(NamedTuple):
-    """`StepResult` plus the solver state for the next step."""
-
-    y1: jax.Array
-    f1: jax.Array
-    error: jax.Array | None
-    coeffs: jax.Array
-    ok: jax.Array
-    state: ImplicitState
+#: One step's result: `StepResult` whose `state` is the `ImplicitState` for the next step.
+ImplicitStepResult = StepResult
 
 
 def stage_predictor(c, points: int = 3) -> np.ndarray:
@@ -118,8 +114,8 @@ def _time_derivative(f, t, y):
     return jax.jvp(lambda t: f(t, y), (t,), (jnp.ones_like(t),))[1]
 
 
-class _ImplicitBase(eqx.Module):
-    """Shared protocol of the implicit solvers (state, statistics, properties)."""
+class _ImplicitBase(AbstractSolver):
+    """What the stiff solvers share: the Jacobian-carrying state, statistics, properties."""
 
     @property
     def implicit(self) -> bool:
@@ -153,20 +149,18 @@ class _ImplicitBase(eqx.Module):
             atol=jnp.asarray(atol, dtype), nfev=i32, njev=i32, nlinsolve=i32,
         )
 
-    @staticmethod
-    def stats(state: ImplicitState) -> dict:
+    def stats(self, state: ImplicitState) -> dict:
         """Counts for `Solution.stats` (f evaluations inside steps, Jacobians, LU solves)."""
         return dict(nfev=state.nfev, njev=state.njev, nlinsolve=state.nlinsolve)
 
     def __repr__(self) -> str:
-        return f"jode.{self.tableau.name}()"
+        return f"jode.{type(self).__name__}()"
 
 
-class ESDIRK(_ImplicitBase):
-    """An ESDIRK solver from a `DIRKTableau` (explicit first stage, then implicit stages).
+class AbstractESDIRK(_ImplicitBase):
+    """An ESDIRK method (explicit first stage, then implicit stages) and its Newton options.
 
     Args:
-        tableau: the method's data.
         kappa: Newton's stopping tolerance κ on the tolerance-scaled norm (HW 1996 §IV.8
             suggest 0.01-0.1).
         max_iters: Newton iterations per stage before the step is rejected.
@@ -179,7 +173,7 @@ class ESDIRK(_ImplicitBase):
             (`stage_predictor`; 1 starts from the previous stage).
     """
 
-    tableau: tb.DIRKTableau = eqx.field(static=True)
+    tableau: eqx.AbstractVar[tb.DIRKTableau]
     kappa: float = eqx.field(static=True, default=0.01)
     max_iters: int = eqx.field(static=True, default=10)
     reuse_theta: float | None = eqx.field(static=True, default=None)
@@ -263,10 +257,10 @@ class ESDIRK(_ImplicitBase):
         return ImplicitStepResult(y1, f1, error, hermite_coeffs(y, y1, fy, f1, h), ok, new_state)
 
 
-class Rosenbrock(_ImplicitBase):
-    """A Rosenbrock solver from a `RosenbrockTableau` (exact Jacobian, no iterations)."""
+class AbstractRosenbrock(_ImplicitBase):
+    """A Rosenbrock method: its data is a `RosenbrockTableau` (exact Jacobian, no iterations)."""
 
-    tableau: tb.RosenbrockTableau = eqx.field(static=True)
+    tableau: eqx.AbstractVar[tb.RosenbrockTableau]
 
     @property
     def f_evals_per_step(self) -> int:
@@ -312,38 +306,91 @@ class Rosenbrock(_ImplicitBase):
         return ImplicitStepResult(y1, f1, error, hermite_coeffs(y, y1, fy, f1, h), ok, new_state)
 
 
-def ImplicitEuler(**newton) -> ESDIRK:  # noqa: N802 - constructor named like the method
+class ESDIRK(AbstractESDIRK):
+    """An ESDIRK solver from your own `DIRKTableau`: `ESDIRK(my_tableau, kappa=0.05)`.
+
+    Args:
+        tableau: the method's data (explicit first stage, stiffly accurate).
+        kappa, max_iters, reuse_theta, predictor_points: Newton's options, as in
+            `AbstractESDIRK`.
+    """
+
+    tableau: tb.DIRKTableau = eqx.field(static=True)
+
+    def __init__(
+        self,
+        tableau: tb.DIRKTableau,
+        kappa: float = 0.01,
+        max_iters: int = 10,
+        reuse_theta: float | None = None,
+        predictor_points: int = 3,
+    ):
+        if not isinstance(tableau, tb.DIRKTableau):
+            raise ValueError(f"tableau must be a jode.DIRKTableau; got {type(tableau).__name__}")
+        self.tableau = tableau
+        self.kappa = kappa
+        self.max_iters = max_iters
+        self.reuse_theta = reuse_theta
+        self.predictor_points = predictor_points
+
+    def __repr__(self) -> str:
+        return f"jode.ESDIRK({self.tableau!r})"
+
+
+class Rosenbrock(AbstractRosenbrock):
+    """A Rosenbrock solver from your own `RosenbrockTableau`: `Rosenbrock(my_tableau)`."""
+
+    tableau: tb.RosenbrockTableau = eqx.field(static=True)
+
+    def __check_init__(self):
+        if not isinstance(self.tableau, tb.RosenbrockTableau):
+            raise ValueError(
+                f"tableau must be a jode.RosenbrockTableau; got {type(self.tableau).__name__}"
+            )
+
+    def __repr__(self) -> str:
+        return f"jode.Rosenbrock({self.tableau!r})"
+
+
+class ImplicitEuler(AbstractESDIRK):
     """Implicit (backward) Euler, order 1, L-stable; adaptive through the trapezoidal rule.
 
     y_1 = y + h f(t + h, y_1); error estimate h (f(t + h, y_1) - f(t, y)) / 2.
-    Keyword arguments (kappa, max_iters, reuse_theta) go to `ESDIRK`.
+    Keyword arguments (kappa, max_iters, reuse_theta, predictor_points) as in
+    `AbstractESDIRK`.
     """
-    return ESDIRK(tb.IMPLICIT_EULER, **newton)
+
+    tableau: ClassVar[tb.DIRKTableau] = tb.IMPLICIT_EULER
 
 
-def Kvaerno3(**newton) -> ESDIRK:  # noqa: N802
+class Kvaerno3(AbstractESDIRK):
     """Kværnø (2004) ESDIRK 3(2): 4 stages, L-stable, stiffly accurate.
 
-    Keyword arguments (kappa, max_iters, reuse_theta) go to `ESDIRK`.
+    Keyword arguments (kappa, max_iters, reuse_theta, predictor_points) as in
+    `AbstractESDIRK`.
     """
-    return ESDIRK(tb.KVAERNO3, **newton)
+
+    tableau: ClassVar[tb.DIRKTableau] = tb.KVAERNO3
 
 
-def Kvaerno5(**newton) -> ESDIRK:  # noqa: N802
+class Kvaerno5(AbstractESDIRK):
     """Kværnø (2004) ESDIRK 5(4): 7 stages, L-stable, stiffly accurate.
 
-    Keyword arguments (kappa, max_iters, reuse_theta) go to `ESDIRK`.
+    Keyword arguments (kappa, max_iters, reuse_theta, predictor_points) as in
+    `AbstractESDIRK`.
 
     Example:
         >>> sol = jode.solve(robertson, y0, 0.0, 1e5, solver=jode.Kvaerno5(), rtol=1e-6)
     """
-    return ESDIRK(tb.KVAERNO5, **newton)
+
+    tableau: ClassVar[tb.DIRKTableau] = tb.KVAERNO5
 
 
-def Rodas5() -> Rosenbrock:  # noqa: N802
+class Rodas5(AbstractRosenbrock):
     """Rodas5 (Di Marzo 1993): Rosenbrock 5(4), 8 stages, L-stable, stiffly accurate."""
-    return Rosenbrock(tb.RODAS5)
+
+    tableau: ClassVar[tb.RosenbrockTableau] = tb.RODAS5
 
 
-#: Named constructors, for error messages and test registries.
+#: The built-in stiff methods by name, for error messages and test registries.
 IMPLICIT_SOLVERS = {m.__name__: m for m in (ImplicitEuler, Kvaerno3, Kvaerno5, Rodas5)}

@@ -2,62 +2,36 @@
 
 from __future__ import annotations
 
-import enum
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .._results import RESULTS, STIFF_HINT
+from .._results import status_messages as _status_messages
 from .interpolation import evaluate_steps
 
-
-class Status(enum.IntEnum):
-    """Why a solve stopped. `Status(int(sol.status)).message` explains and suggests a fix."""
-
-    SUCCESS = 0
-    MAX_STEPS = 1
-    DT_UNDERFLOW = 2
-    NONFINITE = 3
-    NEWTON_FAILED = 4
-    EVENT = 5
-
-    @property
-    def message(self) -> str:
-        return _MESSAGES[self]
+#: The status vocabulary shared by every jode result (`jode.RESULTS`); `jode.Status` is kept
+#: as its name for code written before the fixed-point and fit statuses joined it.
+Status = RESULTS
 
 
-_STIFF_HINT = "the problem may be stiff: try jode.Kvaerno5() or jode.Rodas5(), or loosen rtol/atol"
-_MESSAGES = {
-    Status.SUCCESS: "the solve reached t1",
-    Status.MAX_STEPS: "max_steps was reached before t1; raise max_steps, or " + _STIFF_HINT,
-    Status.DT_UNDERFLOW: "the step size fell below dtmin (or to float resolution) before t1; "
-    + _STIFF_HINT,
-    Status.NONFINITE: "the state became NaN or infinite; check the vector field and its "
-    "parameters (a blow-up in finite time, a division by zero, a log of a negative number)",
-    Status.NEWTON_FAILED: "Newton's method failed to converge even at the smallest step; "
-    "check the Jacobian, or loosen the tolerances",
-    Status.EVENT: "a terminating event stopped the solve before t1",
-}
+def status_messages(max_steps: int, solver, backend: str = "jode") -> list[str]:
+    """Messages for `eqx.branched_error_if`, indexed by `RESULTS` value.
 
-
-def status_messages(max_steps: int, solver_name: str) -> list[str]:
-    """Messages for `eqx.branched_error_if`, indexed by Status value."""
-    implicit = any(
-        name in solver_name
-        for name in ("Kvaerno", "Rodas", "ImplicitEuler", "ESDIRK", "Rosenbrock")
-    )
-    out = []
-    for status in Status:
-        msg = status.message
-        if implicit:  # already a stiff solver: suggest what is left to change
-            msg = msg.replace(_STIFF_HINT, "loosen rtol/atol, or check the Jacobian and scaling")
-        if status is Status.MAX_STEPS:
-            msg = (
-                f"max_steps={max_steps} was reached before t1 with solver {solver_name}; "
-                f"raise max_steps, or " + ("loosen rtol/atol" if implicit else _STIFF_HINT)
-            )
-        out.append(f"jode.solve failed: {msg}. Pass throw=False to get the partial Solution.")
-    return out
+    What a failure suggests depends on the solver's kind (its `implicit` attribute): a
+    non-stiff solver is pointed to the stiff ones, a stiff solver to tolerances, scaling
+    and the Jacobian.
+    """
+    implicit = bool(getattr(solver, "implicit", False))
+    where = f"solver {solver!r}" + ("" if backend == "jode" else f" ({backend} backend)")
+    fix = "loosen rtol/atol, or check the Jacobian and scaling" if implicit else STIFF_HINT
+    hints = {
+        RESULTS.MAX_STEPS: f"max_steps={max_steps} was reached before t1 with {where}; "
+        f"raise max_steps, or {fix}",
+        RESULTS.DT_UNDERFLOW: f"the step size fell below dtmin (or to float resolution) "
+        f"before t1 with {where}; {fix}",
+    }
+    return _status_messages("jode.solve", hints)
 
 
 class Solution(eqx.Module):
@@ -115,10 +89,25 @@ class Solution(eqx.Module):
             self.dense_ts, self.dense_coeffs, self.stats["accepted"], flat_t, direction
         )
         out = jax.vmap(self.unravel)(flat)
-        return jax.tree.map(lambda x: jnp.reshape(x, t.shape + x.shape[1:]), out)
+        out = jax.tree.map(lambda x: jnp.reshape(x, t.shape + x.shape[1:]), out)
+        return self._nan_after_event(t, out)
+
+    def _nan_after_event(self, t, out):
+        """NaN at times past the event (the solution is not defined there)."""
+        if self.event_t is None:
+            return out
+        d = jnp.where(self.t1 >= self.t0, 1, -1).astype(self.event_t.dtype)
+        past = d * t.astype(self.event_t.dtype) > d * self.event_t
+
+        def mask(x):
+            p = jnp.reshape(past, past.shape + (1,) * (x.ndim - past.ndim))
+            return jnp.where(p, jnp.asarray(jnp.nan, x.dtype), x)
+
+        return jax.tree.map(mask, out)
 
 
-def raise_on_failure(sol: Solution, max_steps: int, solver_name: str) -> Solution:
+def raise_on_failure(sol: Solution, max_steps: int, solver, backend: str = "jode") -> Solution:
     """`sol`, with a run-time error naming the failure and a fix unless it succeeded."""
     failed = (sol.status != Status.SUCCESS) & (sol.status != Status.EVENT)
-    return eqx.branched_error_if(sol, failed, sol.status, status_messages(max_steps, solver_name))
+    messages = status_messages(max_steps, solver, backend)
+    return eqx.branched_error_if(sol, failed, sol.status, messages)

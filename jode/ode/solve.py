@@ -37,7 +37,7 @@ from .control import (
     scaled_error,
     small_sum,
 )
-from .explicit import EXPLICIT_SOLVERS, Tsit5
+from .explicit import EXPLICIT_SOLVERS, AbstractSolver, Tsit5
 from .implicit import IMPLICIT_SOLVERS
 from .interpolation import evaluate_steps, horner
 from .loop import batched
@@ -368,6 +368,11 @@ def solve(
     solver = Tsit5() if solver is None else solver
     adjoint = DirectAdjoint() if adjoint is None else adjoint
     checks.check_solver(solver, {**EXPLICIT_SOLVERS, **IMPLICIT_SOLVERS})
+    if not isinstance(solver, AbstractSolver):
+        raise ValueError(
+            f"solver must be a jode solver (a jode.AbstractSolver, e.g. jode.Tsit5() or "
+            f"jode.ExplicitRK(your_tableau)); got solver={solver!r}"
+        )
     if backend not in ("jode", "diffrax"):
         raise ValueError(f"backend must be 'jode' or 'diffrax'; got backend={backend!r}")
     if not isinstance(adjoint, AbstractAdjoint):
@@ -523,7 +528,7 @@ def _solve_jode(
         unravel=unravel,
     )
     if throw:
-        sol = raise_on_failure(sol, max_steps, repr(solver))
+        sol = raise_on_failure(sol, max_steps, solver)
     return sol
 
 

@@ -121,8 +121,33 @@ def _readonly(x) -> np.ndarray | None:
     return arr
 
 
+def _value_key(tableau) -> tuple:
+    """The tableau's data as a hashable key: tableaux equal by value compare and hash equal,
+    so a solver built twice from the same coefficients hits the same compile cache."""
+    out = [type(tableau).__name__]
+    for field in dataclasses.fields(tableau):
+        value = getattr(tableau, field.name)
+        if isinstance(value, np.ndarray):
+            out.append((value.shape, value.tobytes()))
+        else:
+            out.append(value)
+    return tuple(out)
+
+
+class _ValueEq:
+    """Equality and hashing by value for the frozen tableau dataclasses (NumPy fields)."""
+
+    def __eq__(self, other):
+        if type(other) is not type(self):
+            return NotImplemented
+        return _value_key(self) == _value_key(other)
+
+    def __hash__(self):
+        return hash(_value_key(self))
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
-class ButcherTableau:
+class ButcherTableau(_ValueEq):
     """An explicit Runge-Kutta method as data.
 
     Args:
@@ -417,7 +442,7 @@ def _check_embedded(name, a_or_weights, b, b_err, order, embedded_order, residua
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class DIRKTableau:
+class DIRKTableau(_ValueEq):
     """A singly diagonally implicit Runge-Kutta method (SDIRK/ESDIRK) as data.
 
     Stage i solves Y_i = y + h Σ_{j<i} a_ij k_j + h γ k_i with k_i = f(t + c_i h, Y_i)
@@ -521,7 +546,7 @@ def rosenbrock_order_residuals(alpha_beta, b, order: int) -> dict[int, float]:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class RosenbrockTableau:
+class RosenbrockTableau(_ValueEq):
     """A Rosenbrock method as data (Hairer & Wanner 1996, *Solving ODEs II*, eq. IV.7.4):
 
         (I - γ h J) k_i = h f(t + α_i h, y + Σ_{j<i} α_ij k_j) + h J Σ_{j<i} γ_ij k_j
