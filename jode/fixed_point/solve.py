@@ -10,7 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from .._jit import cached, check_fixed_point
 from ..ode.checks import _concrete, check_y0
+from .._results import RESULTS
 from .implicit import ImplicitAdjoint, floats_to_arrays, solve_implicit
 from .result import FixedPointSolution, status_messages
 from .solvers import AbstractFixedPointSolver, Anderson
@@ -69,6 +71,7 @@ def _check_numbers(rtol, atol, max_steps, divergence_ratio):
         )
 
 
+@cached(check=check_fixed_point, arrays=("z0", "args"))
 def fixed_point(
     f,
     z0,
@@ -147,10 +150,11 @@ def fixed_point(
     )
     if throw:
         status = jax.lax.stop_gradient(raw.status)
-        sol = eqx.branched_error_if(sol, status != 0, status, status_messages())
+        sol = eqx.branched_error_if(sol, status != RESULTS.CONVERGED, status, status_messages())
     return sol
 
 
+@cached(check=check_fixed_point, arrays=("y0", "args"), static=("t",))
 def steady_state(
     vector_field,
     y0,

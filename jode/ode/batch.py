@@ -6,9 +6,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .._jit import cached, check_solve
 from .solve import solve
 
 
+@cached(check=check_solve, arrays=("y0", "args"), static=("t0", "t1", "dt0"))
 def solve_batch(f, y0, t0, t1, args=None, *, shared_step: bool = False, **kwargs):
     """Solve dy/dt = f(t, y, args) for a batch of initial states and/or parameters.
 
