@@ -1,6 +1,6 @@
 """Parameter-recovery benchmark: wall time of each fit, jode backend vs diffrax backend.
 
-The same pipeline (`jode.fit.fit` with each system's recipe, from the article's guess, on
+The same pipeline (`jode.fit` with each system's recipe, from the article's guess, on
 noise-free data) runs once with `backend="jode"` and once with `backend="diffrax"` in this
 process. Reported per system and backend:
 
@@ -32,7 +32,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jode import fit as F  # noqa: E402
+from jode import fitting as F  # noqa: E402
 from jode_experiments import recovery_systems as R  # noqa: E402
 
 

@@ -2,10 +2,11 @@
 
     sol = jode.solve(f, y0, t0, t1, args=p, solver=jode.Tsit5(), saveat=ts)
 
-Importing jode has no side effects. The workflows built on the solvers are subpackages
-imported on first use: `jode.fit`, `jode.sweep`, `jode.trial`, `jode.nn`, `jode.optim`,
-`jode.models`. On CPU, call `jode.configure_cpu()` before the first JAX computation for
-solves compiled into one kernel (see `jode/_cpu.py`).
+Importing jode has no side effects. The workflows built on the solvers are imported on
+first use: the functions `jode.fit` (of `jode.fitting`) and `jode.sweep` (of
+`jode.sweeping`), and the subpackages `jode.fitting`, `jode.sweeping`, `jode.trial`,
+`jode.nn`, `jode.optim`, `jode.models`. On CPU, call `jode.configure_cpu()` before the
+first JAX computation for solves compiled into one kernel (see `jode/_cpu.py`).
 """
 
 import importlib as _importlib
@@ -65,15 +66,22 @@ from .ode.tableaus import RosenbrockTableau as RosenbrockTableau
 
 __version__ = "0.1.0"
 
-_SUBPACKAGES = ("fit", "sweep", "trial", "nn", "optim", "models")
+_SUBPACKAGES = ("fitting", "sweeping", "trial", "nn", "optim", "models")
+# Entry points that are functions of a lazily loaded module; their names differ from every
+# module's, so importing a submodule never replaces them.
+_FUNCTIONS = {"fit": "fitting", "sweep": "sweeping"}
 
 
 def __getattr__(name):
     # Subpackages load lazily: `import jode` stays cheap and imports no optax or networks.
     if name in _SUBPACKAGES:
         return _importlib.import_module(f"{__name__}.{name}")
+    if name in _FUNCTIONS:
+        function = getattr(_importlib.import_module(f"{__name__}.{_FUNCTIONS[name]}"), name)
+        globals()[name] = function
+        return function
     raise AttributeError(f"module 'jode' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted([*globals(), *_SUBPACKAGES])
+    return sorted([*globals(), *_SUBPACKAGES, *_FUNCTIONS])

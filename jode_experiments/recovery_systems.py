@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jode import fit as F
+from jode import fitting as F
 from jode import models
 from jode.ode.explicit import Dopri8
 from jode.ode.solve import solve

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jode import fit as F
+from jode import fitting as F
 from jode.ode.explicit import RK4
 
 ALPHA, DELTA = 1.5, 3.0  # known (the truth of the Lotka-Volterra recipe)
@@ -48,7 +48,7 @@ class UDEConfig:
             within 1.1e-5 of a 1e-12 DOP853 solve on [0, 10]; constant steps keep the
             compiled program small).
         seed: the network's initial weights.
-        linesearch: of the L-BFGS stages ("zoom" or "backtracking", see `jode.fit.LBFGS`).
+        linesearch: of the L-BFGS stages ("zoom" or "backtracking", see `jode.fitting.LBFGS`).
     """
 
     t1: float = 10.0

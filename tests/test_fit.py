@@ -1,22 +1,25 @@
-"""Parameter recovery: losses, stages, strategies, multi-start, uncertainty, checkpoints.
+"""Parameter recovery: losses, stages, strategies, multi-start, uncertainty, checkpoints,
+bad input and compilation reuse.
 
-References: the article's Lotka-Volterra recipe (truth known, data from a tight independent
-solve), scipy's `curve_fit` on the closed-form logistic curve (optimum and covariance), the
-uninterrupted fit (for resume), and central finite differences (for the Jacobian).
+References: Lotka-Volterra with known truth (data from scipy's DOP853 at 1e-12), scipy's
+`curve_fit` on the closed-form logistic curve (optimum and covariance), the uninterrupted
+fit (for resume), and central finite differences (for the Jacobian). The reproductions'
+recipes (all systems, the universal ODE, lynx-hare) are tested in
+tests/experiments/test_recovery.py.
 """
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy.integrate import solve_ivp
 from scipy.optimize import curve_fit
 
 import jode
 import jode.models
-from jode import fit as F
+from jode import fitting as F
 from jode.fitting import checkpoint as ckpt
 from jode.fitting.uncertainty import _residuals as residuals_jit
-from jode_experiments import recovery_systems as R
 
 
 # --- a problem with a closed form: logistic growth dy/dt = r y (1 − y/K) ------------------
@@ -130,8 +133,145 @@ def test_checkpoint_resume_gives_the_uninterrupted_fit(tmp_path, monkeypatch):
                     uncertainty=False)
     np.testing.assert_allclose(resumed.params, full.params, rtol=1e-12)
     np.testing.assert_allclose(resumed.history, full.history, rtol=1e-12)
-    with pytest.raises(ValueError, match="belongs to another fit"):
+    with pytest.raises(ValueError, match="belongs to another fit: its stages differs"):
         F.fit(loss, guess, stages=(F.LBFGS(steps=20),), progress=False, checkpoint=path)
+
+
+def other_logistic(t, y, args):
+    return args[0] * y * (1 - y / args[1]) - 0.01 * y  # the same signature, another model
+
+
+@pytest.fixture(scope="module")
+def written_checkpoint(tmp_path_factory):
+    """A finished checkpoint of a short fit and the fit's arguments."""
+    path = tmp_path_factory.mktemp("ckpt") / "fit.npz"
+    kwargs = dict(stages=(F.Adam(steps=20, learning_rate=5e-2),), progress=False,
+                  uncertainty=False)
+    guess = jnp.array([1.0, 0.5, 8.0])
+    result = F.fit(logistic_loss(), guess, checkpoint=path, **kwargs)
+    return path, guess, kwargs, result
+
+
+@pytest.mark.parametrize(
+    "change, what",
+    [
+        (dict(loss=lambda: logistic_loss(NOISY * 1.01)), "data"),
+        (dict(loss=lambda: F.TrajectoryLoss(logistic, TS * 1.5, NOISY[:, None], n_state=1,
+                                            **CONST)), "times"),
+        (dict(loss=lambda: logistic_loss(weights=np.linspace(1.0, 2.0, TS.size)[:, None])),
+         "weights"),
+        (dict(loss=lambda: F.TrajectoryLoss(other_logistic, TS, NOISY[:, None], n_state=1,
+                                            n_params=3, **CONST)), "model"),
+        (dict(guess=jnp.array([1.0, 0.6, 8.0])), "theta0"),
+        (dict(stages=(F.Adam(steps=20, learning_rate=1e-2),)), "stages"),
+        (dict(strategy=F.GrowingWindows((0.5, 1.0))), "strategy"),
+    ],
+    ids=["data", "times", "weights", "model", "theta0", "learning-rate", "strategy"],
+)
+def test_checkpoint_of_another_fit_is_refused_naming_what_differs(written_checkpoint, change,
+                                                                    what):
+    path, guess, kwargs, _ = written_checkpoint
+    loss = change.get("loss", logistic_loss)()
+    kwargs = {**kwargs, **{k: v for k, v in change.items() if k in ("stages", "strategy")}}
+    with pytest.raises(ValueError, match=rf"{path}.* belongs to another fit: its .*{what}"):
+        F.fit(loss, change.get("guess", guess), checkpoint=path, **kwargs)
+
+
+def test_resume_fresh_overwrites_a_checkpoint_of_another_fit(written_checkpoint, tmp_path):
+    path, guess, kwargs, _ = written_checkpoint
+    copy = tmp_path / "fit.npz"
+    copy.write_bytes(path.read_bytes())
+    other = guess * 1.1
+    fresh = F.fit(logistic_loss(), other, checkpoint=copy, resume="fresh", **kwargs)
+    plain = F.fit(logistic_loss(), other, **kwargs)
+    np.testing.assert_allclose(fresh.params, plain.params, rtol=1e-12)
+    # The file now belongs to the new fit: resuming it returns that fit.
+    again = F.fit(logistic_loss(), other, checkpoint=copy, **kwargs)
+    np.testing.assert_allclose(again.params, plain.params, rtol=1e-12)
+    with pytest.raises(ValueError, match="resume must be"):
+        F.fit(logistic_loss(), other, checkpoint=copy, resume="yes", **kwargs)
+
+
+def _rewrite(src, dst, **replace):
+    with np.load(src, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays.update(replace)
+    with open(dst, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random-bytes", "nan-leaf", "int-leaf",
+                                    "phase-out-of-range", "status-out-of-range", "empty"])
+def test_a_damaged_checkpoint_is_a_clear_error_naming_the_file(written_checkpoint, tmp_path,
+                                                                damage):
+    path, guess, kwargs, _ = written_checkpoint
+    bad = tmp_path / f"{damage}.npz"
+    raw = path.read_bytes()
+    with np.load(path, allow_pickle=False) as z:
+        leaf0 = z["leaf_00000"]
+        status_key = sorted(k for k in z.files if k.startswith("leaf_"))[-1]
+    if damage == "truncated":
+        bad.write_bytes(raw[: len(raw) // 2])
+    elif damage == "random-bytes":
+        bad.write_bytes(np.random.default_rng(0).bytes(len(raw)))
+    elif damage == "empty":
+        bad.write_bytes(b"")
+    elif damage == "nan-leaf":
+        _rewrite(path, bad, leaf_00000=np.full_like(leaf0, np.nan))
+    elif damage == "int-leaf":
+        _rewrite(path, bad, leaf_00000=leaf0.astype(np.int64))
+    elif damage == "phase-out-of-range":
+        _rewrite(path, bad, phase=np.asarray(7))
+    else:  # the last leaf of a StageState is its status
+        _rewrite(path, bad, **{status_key: np.asarray(9, np.int32)})
+    with pytest.raises(ValueError, match=rf"the checkpoint {bad} is damaged") as info:
+        F.fit(logistic_loss(), guess, checkpoint=bad, **kwargs)
+    assert "allow_pickle" not in str(info.value)
+
+
+def test_checkpoint_fingerprint_is_stable_and_content_based():
+    """The same fit described twice (new objects) hashes alike; one changed number does not."""
+    a = ckpt.fit_fingerprint(logistic_loss(), jnp.array([1.0, 0.5, 8.0]), (F.LBFGS(),), None,
+                             False)
+    b = ckpt.fit_fingerprint(logistic_loss(), jnp.array([1.0, 0.5, 8.0]), (F.LBFGS(),), None,
+                             False)
+    assert a == b
+    noisy = NOISY.copy()
+    noisy[17] += 1e-12
+    c = ckpt.fit_fingerprint(logistic_loss(noisy), jnp.array([1.0, 0.5, 8.0]), (F.LBFGS(),),
+                             None, False)
+    assert {k for k in a if a[k] != c[k]} == {"data"}
+
+
+# --- compiled once: a second fit of the same model traces nothing ---------------------
+TRACES = []
+
+
+def counted_logistic(t, y, args):
+    TRACES.append(1)  # runs only while JAX traces the function
+    return logistic(t, y, args)
+
+
+def test_a_second_fit_of_the_same_model_reuses_every_compiled_program():
+    """A Python side effect in the vector field counts its traces: a repeated fit, and a fit
+    of new data of the same shapes, trace it no more (the stages, the start-up checks and
+    the uncertainty are compiled once per model, options and shapes)."""
+    stages = (F.Adam(steps=30, learning_rate=5e-2), F.LBFGS(steps=30))
+    guess = jnp.array([1.0, 0.5, 8.0])
+
+    def loss_of(data):
+        return F.TrajectoryLoss(counted_logistic, TS, np.asarray(data)[:, None], n_state=1,
+                                **CONST)
+
+    first = jode.fit(loss_of(NOISY), guess, stages=stages, progress=False)
+    traced = len(TRACES)
+    assert traced > 0
+    second = jode.fit(loss_of(NOISY), guess, stages=stages, progress=False)
+    third = jode.fit(loss_of(NOISY * 1.05), guess, stages=stages, progress=False)
+    assert len(TRACES) == traced
+    np.testing.assert_array_equal(second.params, first.params)
+    # K scales with the data: the new data's fit is a different one, from the same programs.
+    assert third.params[2] == pytest.approx(1.05 * first.params[2], rel=1e-3)
 
 
 # --- growing windows: a window's loss ignores (and survives) the span it masks ---------
@@ -160,76 +300,73 @@ def test_window_loss_is_the_truncated_loss_even_past_a_blow_up():
     assert np.isnan(float(jax.jit(lambda th, lo: lo(th))(theta, loss)))
 
 
-# --- a universal differential equation (Rackauckas et al. 2020) -------------------------
-def _ude_errors(config):
-    from jode_experiments import recovery_ude as U
-
-    system = R.SYSTEMS["lotka_volterra"]
-    clean = lv_data(None)  # scipy DOP853: independent of the solver being trained
-    field, _, res = U.train_ude(system.ts, clean, system.truth[:2], config, progress=False)
-    train = system.ts <= config.t1 + 1e-9
-    return U.term_errors(field, res.params, clean[train])
+# --- Lotka-Volterra with known truth -----------------------------------------------
+LV_TS = np.round(np.arange(0.0, 10.05, 0.1), 12)
+LV_TRUTH = np.array([1.0, 1.0, 1.5, 1.0, 3.0, 1.0])  # x0, y0, α, β, δ, γ
+LV_GUESS = np.array([0.8, 1.2, 1.2, 1.0, 2.9, 1.1])
+LV_SIGMA = 0.1
 
 
-def test_ude_learns_the_interaction_terms_on_a_short_window():
-    """The network U(x, y) replacing the interaction terms of Lotka-Volterra, trained on the
-    noise-free trajectory for t ≤ 1.5 (L-BFGS with a backtracking line search: less to
-    compile), matches (−βxy, γxy) on the states visited there to 5% (relative L2) and 10%
-    (max error relative to the largest term); measured 3.8% and 7.1% (worst term)."""
-    from jode_experiments.recovery_ude import UDEConfig
-
-    config = UDEConfig(t1=1.5, windows=(0.5, 1.0), lbfgs_steps=500, linesearch="backtracking")
-    err = _ude_errors(config)
-    assert max(err["rel_l2"]) < 0.05, err
-    assert max(err["rel_max"]) < 0.10, err
-
-
-@pytest.mark.slow
-def test_ude_quick_recipe_learns_the_interaction_terms():
-    """`jode reproduce recovery --quick`'s UDE (t ≤ 3, three windows of L-BFGS): the learned
-    terms within 2% (relative L2) and 3% (relative max) of −βxy, γxy; measured 0.81% and
-    0.63% (worst term)."""
-    from jode_experiments.recovery_ude import QUICK
-
-    err = _ude_errors(QUICK)
-    assert max(err["rel_l2"]) < 0.02, err
-    assert max(err["rel_max"]) < 0.03, err
-
-
-# --- the article's Lotka-Volterra recipe ---------------------------------------------
 def lv_data(seed):
-    """The recipe's data from scipy's DOP853 at 1e-12 (an independent solver)."""
-    from scipy.integrate import solve_ivp
-
-    system = R.SYSTEMS["lotka_volterra"]
-    truth = np.asarray(system.truth)
-    sol = solve_ivp(lambda t, y: np.asarray(jode.models.lotka_volterra(t, y, truth[2:])),
-                    (0.0, 10.0), truth[:2], method="DOP853", t_eval=system.ts, rtol=1e-12,
+    """Data from scipy's DOP853 at 1e-12 (a solver independent of the one being fitted),
+    with |· + N(0, 0.1²)| noise for a seed."""
+    sol = solve_ivp(lambda t, y: np.asarray(jode.models.lotka_volterra(t, y, LV_TRUTH[2:])),
+                    (0.0, 10.0), LV_TRUTH[:2], method="DOP853", t_eval=LV_TS, rtol=1e-12,
                     atol=1e-12)
     clean = sol.y.T
     if seed is None:
         return clean
-    return np.abs(clean + system.sigma * np.random.default_rng(seed).standard_normal(clean.shape))
+    return np.abs(clean + LV_SIGMA * np.random.default_rng(seed).standard_normal(clean.shape))
+
+
+def lv_loss(data, **kw):
+    return F.TrajectoryLoss(jode.models.lotka_volterra, LV_TS, data, n_state=2,
+                            **{**CONST, **kw})
+
+
+def lv_rel_errors(theta):
+    return np.abs(np.asarray(theta) - LV_TRUTH) / LV_TRUTH
 
 
 def test_lotka_volterra_recovery_from_article_guess():
     """Noise-free: within 1e-4 of the truth; noisy: at least as good as the truth, with the
     truth inside the 95% intervals (the same compiled fit serves both). Constant RK4 steps
-    (h = 0.025) keep the compile short; `-m slow` runs the adaptive recipe on all systems."""
-    system = R.SYSTEMS["lotka_volterra"]
+    (h = 0.025) keep the compile short."""
     stages = (F.LBFGS(steps=300),)
-    res = F.fit(R.make_loss(system, lv_data(None), **CONST), jnp.asarray(system.guess),
-                stages=stages, progress=False)
-    assert np.max(R.relative_errors(system, res.params)) < 1e-4
-    loss = R.make_loss(system, lv_data(0), **CONST)
-    res = F.fit(loss, jnp.asarray(system.guess), stages=stages, progress=False)
-    assert res.loss <= float(loss(jnp.asarray(system.truth)))
+    res = jode.fit(lv_loss(lv_data(None), n_params=6), jnp.asarray(LV_GUESS), stages=stages,
+                   progress=False)
+    assert np.max(lv_rel_errors(res.params)) < 1e-4
+    loss = lv_loss(lv_data(0), n_params=6)
+    res = jode.fit(loss, jnp.asarray(LV_GUESS), stages=stages, progress=False)
+    assert res.loss <= float(loss(jnp.asarray(LV_TRUTH)))
     lo, hi = res.interval(0.95)
-    covered = (np.asarray(system.truth) >= lo) & (np.asarray(system.truth) <= hi)
-    assert covered.sum() >= 5
-    # Errors are set by the noise: ~1% with ~1% standard errors (the issue's reference).
-    assert np.max(R.relative_errors(system, res.params)) < 0.05
+    assert ((LV_TRUTH >= lo) & (LV_TRUTH <= hi)).sum() >= 5
+    # Errors are set by the noise: ~1% with ~1% standard errors.
+    assert np.max(lv_rel_errors(res.params)) < 0.05
     assert np.all(res.stderr / np.abs(res.params) < 0.03)
+
+
+def test_theta_of_the_wrong_length_is_refused_when_the_fit_starts():
+    """Without n_params the loss cannot know θ's length: a 5-entry θ would make
+    Lotka-Volterra read args[3] past the end of a 3-entry args (JAX clamps the index), a
+    7-entry θ would carry an entry that nothing reads."""
+    loss = lv_loss(lv_data(None))
+    with pytest.raises(ValueError, match=r"theta0 has 5 entries .*indexes past the end of args"
+                       r".*index 3 is out of bounds"):
+        jode.fit(loss, jnp.asarray(LV_GUESS[:5]), progress=False)
+    with pytest.raises(ValueError, match=r"theta0 has 7 entries .*does not use entries \[6\]"):
+        jode.fit(loss, jnp.asarray([*LV_GUESS, 0.5]), progress=False)
+    with pytest.raises(ValueError, match=r"theta0 has 5 entries"):
+        jode.fit(loss, jnp.asarray([LV_GUESS[:5]] * 2), batched=True, progress=False)
+
+
+def test_data_must_hold_the_state():
+    data3 = np.concatenate([lv_data(None), np.ones((LV_TS.size, 1))], axis=1)
+    with pytest.raises(ValueError, match=r"data has 3 columns but y0 has shape \(2,\)"):
+        F.TrajectoryLoss(jode.models.lotka_volterra, LV_TS, data3, y0=[1.0, 1.0])
+    loss = F.TrajectoryLoss(jode.models.lotka_volterra, LV_TS, data3, n_state=3, **CONST)
+    with pytest.raises(ValueError, match=r"returns shape \(2,\) for a state of shape \(3,\)"):
+        jode.fit(loss, jnp.asarray([1.0, 1.0, 1.0, *LV_GUESS[2:]]), progress=False)
 
 
 # --- bad input: a ValueError naming the argument and the fix -------------------------
@@ -280,32 +417,20 @@ def test_bad_guess_and_options_are_clear_errors():
         loss.multiple_shooting(30)
 
 
-# --- the full recipes (slow): the issue's acceptance on all three systems ---------------
-@pytest.mark.slow
-def test_recipes_meet_the_acceptance_on_all_systems():
-    """Noise-free within 1e-4 from the article's guesses; 5 noise seeds per system at the
-    least-squares optimum (loss ≤ loss at the truth); the truth inside the 95% intervals in
-    ≥ 90% of (seed, parameter) cases; Lorenz σ, ρ, β within 0.1%."""
-    covered = []
-    for name, system in R.SYSTEMS.items():
-        _, res = R.fit_system(system, R.make_data(system, None), progress=False)
-        assert np.max(R.relative_errors(system, res.params)) <= 1e-4, name
-        for seed in range(5):
-            loss, res = R.fit_system(system, R.make_data(system, seed), progress=False)
-            assert res.loss <= float(loss(jnp.asarray(system.truth))), (name, seed)
-            lo, hi = res.interval(0.95)
-            truth = np.asarray(system.truth)
-            covered += list((truth >= lo) & (truth <= hi))
-            if name == "lorenz":
-                assert np.max(R.relative_errors(system, res.params)[3:]) <= 1e-3, seed
-    assert np.mean(covered) >= 0.9
-
-
-@pytest.mark.slow
-def test_lynx_hare_fit_agrees_with_the_published_estimates():
-    """Log-space least squares on the Hudson's Bay pelts lands near Carpenter's (2018)
-    posterior means (a different estimator: within 25%), with finite standard errors."""
-    _, res, report = R.fit_lynx_hare(progress=False)
-    assert res.status == F.FitStatus.CONVERGED
-    np.testing.assert_allclose(report["params"], R.CARPENTER, rtol=0.25)
-    assert np.all(np.isfinite(report["stderr"])) and np.all(np.asarray(report["stderr"]) > 0)
+def test_bad_batches_and_strategies_are_clear_errors():
+    loss = logistic_loss()
+    with pytest.raises(ValueError, match=r"batched=True needs a batch of guesses"):
+        F.fit(loss, jnp.array(1.0), batched=True, progress=False)
+    with pytest.raises(ValueError, match=r"a 2-D batch .*For one guess pass batched=False"):
+        F.fit(loss, jnp.array([1.0, 0.5, 8.0]), batched=True, progress=False)
+    for fractions in [(0.0, 1.0), (0.5, 1.5), (-0.2, 1.0)]:
+        with pytest.raises(ValueError, match=r"fractions must lie in \(0, 1\]"):
+            F.GrowingWindows(fractions)
+    with pytest.raises(ValueError, match="increasing"):
+        F.GrowingWindows((0.6, 0.3))
+    with pytest.raises(ValueError, match=r"penalty must be a finite number >= 0"):
+        F.MultipleShooting(4, penalty=-1.0)
+    with pytest.raises(ValueError, match=r"penalty must be a finite number >= 0"):
+        loss.multiple_shooting(4, penalty=-0.5)
+    with pytest.raises(ValueError, match=r"segments must be an int >= 1"):
+        F.MultipleShooting(0)

@@ -15,7 +15,7 @@ import pytest
 
 import jode
 import jode.models
-from jode import sweep as S
+from jode import sweeping as S
 
 T1 = 2.0
 OMEGAS = np.linspace(0.5, 3.0, 13)
@@ -53,7 +53,7 @@ import json, os, sys
 import jax, jax.numpy as jnp, numpy as np
 jax.config.update("jax_enable_x64", True)
 import jode, jode.models
-from jode import sweep as S
+from jode import sweeping as S
 def final_x(omega):
     sol = jode.solve(jode.models.harmonic_oscillator, jnp.array([1.0, 0.0]), 0.0, 2.0,
                      jnp.reshape(omega, (1,)), rtol=1e-10, atol=1e-10)
@@ -139,7 +139,7 @@ def test_fit_sweep_multistart_lands_on_the_scipy_optimum():
     """Multi-start fits as one sweep: from every guess, scipy's least-squares optimum."""
     from scipy.optimize import curve_fit
 
-    from jode import fit as F
+    from jode import fitting as F
 
     def logistic(t, y, a):
         return a[0] * y * (1 - y / a[1])

@@ -26,6 +26,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 from ..ode.solve import solve
 
@@ -154,6 +155,12 @@ class TrajectoryLoss(eqx.Module):
                 "n_state entries of θ are the full initial state (n_state=d), or pass y0= "
                 "and n_state=0, or a split= function"
             )
+        if split is None and y0 is not None and np.shape(y0) != (data_np.shape[1],):
+            raise ValueError(
+                f"data has {data_np.shape[1]} columns but y0 has shape {np.shape(y0)}: data "
+                "must hold the full state, one column per component of y0 (shape "
+                "(n_times, len(y0)))"
+            )
         if t0 is not None and float(t0) > float(ts_np[0]):
             raise ValueError(f"t0={t0} must be <= ts[0]={ts_np[0]}")
         dtype = jnp.result_type(float)
@@ -251,22 +258,78 @@ class TrajectoryLoss(eqx.Module):
         return params
 
     def check_theta(self, theta, batched=False):
-        """ValueError if θ has the wrong length (or is not finite)."""
+        """ValueError if θ has the wrong length or rank (or is not finite)."""
         leaves = jax.tree.leaves(theta)
         if not leaves:
             raise ValueError("theta0 is empty; pass the initial guess of the parameters")
         for leaf in leaves:
             if not np.all(np.isfinite(np.asarray(leaf))):
                 raise ValueError("theta0 contains NaN or infinite values")
+        arr = np.asarray(leaves[0])
+        sliced = self.split_fn is None and self.n_state > 0  # θ[:n_state], θ[n_state:]
+        if sliced and (len(leaves) != 1 or arr.ndim != 1 + bool(batched)):
+            raise ValueError(
+                f"theta0 must be {'a 2-D batch (B, p) of vectors' if batched else 'a vector'}"
+                f" [initial state ({self.n_state} entries), then args]; got shapes "
+                f"{[np.shape(x) for x in leaves]}"
+                + (". For one guess pass batched=False" if batched and arr.ndim == 1 else "")
+            )
         if self.n_params is None:
             return
-        arr = np.asarray(leaves[0])
         shape = arr.shape[1:] if batched else arr.shape
         if len(leaves) != 1 or shape != (self.n_params,):
             what = self.names if self.names else f"{self.n_params} entries"
             raise ValueError(
                 f"theta0 must be a vector of length n_params={self.n_params} ({what})"
                 f"{' per row of the batch' if batched else ''}; got shape {arr.shape}"
+            )
+
+    def check_model(self, theta):
+        """Evaluate the vector field once at (t0, y0(θ), args(θ)) with index checks and
+        raise a ValueError for what would otherwise fit silently: indexing past the end of θ
+        (JAX clamps out-of-range indices), entries of a vector θ that the vector field does
+        not use, a vector field whose output is not the state's shape, or data whose columns
+        are not the state's components. The probe is compiled once per model and shapes.
+        """
+        err, dy, unused = _probe(self, theta)
+        n = theta.shape[0] if unused is not None else None
+        message = err.get()
+        if message is not None:
+            if n is None:
+                raise ValueError(
+                    f"the vector field indexes past the end of an array at the initial state:"
+                    f" {message.strip()}; check theta0 (and split=, if given)"
+                )
+            raise ValueError(
+                f"theta0 has {n} entries but the vector field indexes past the end of args "
+                f"({message.strip()}): the first n_state={self.n_state} entries of theta0 "
+                f"are the initial state and the other {n - self.n_state} the args. Pass a "
+                "theta0 of the model's length (n_params= on the loss checks it up front)"
+            )
+        if unused is not None:
+            idx = np.flatnonzero(np.asarray(unused)) + self.n_state  # entries of θ
+            if idx.size:
+                raise ValueError(
+                    f"theta0 has {n} entries but the vector field does not use entries "
+                    f"{idx.tolist()} (their derivative is exactly zero at theta0, so the fit "
+                    f"cannot move them and their standard errors are undefined): theta0 is "
+                    f"probably too long, or the model ignores those args. With n_state="
+                    f"{self.n_state} the entries after the initial state are the args"
+                )
+        y0, _ = jax.eval_shape(self.split, theta)
+        for leaf_y, leaf_dy in zip(jax.tree.leaves(y0), jax.tree.leaves(dy), strict=False):
+            if tuple(leaf_y.shape) != tuple(np.shape(leaf_dy)):
+                raise ValueError(
+                    f"the vector field returns shape {np.shape(leaf_dy)} for a state of shape "
+                    f"{tuple(leaf_y.shape)}: dy/dt must have the state's shape. Here data has "
+                    f"{self.data.shape[1]} columns, one per state component"
+                )
+        shapes = [tuple(x.shape) for x in jax.tree.leaves(y0)]
+        if shapes != [(self.data.shape[1],)]:
+            raise ValueError(
+                f"data has {self.data.shape[1]} columns but the state has shape "
+                f"{shapes[0] if len(shapes) == 1 else shapes}: data must be (n_times, d), "
+                "one column per state component"
             )
 
     def multiple_shooting(self, segments: int, penalty: float = 10.0):
@@ -294,6 +357,11 @@ class MultipleShootingLoss(eqx.Module):
     def __init__(self, base, segments, penalty=10.0):
         if not isinstance(segments, int) or segments < 1:
             raise ValueError(f"segments must be an int >= 1; got segments={segments!r}")
+        if not (np.isfinite(penalty) and penalty >= 0):
+            raise ValueError(
+                f"penalty must be a finite number >= 0 (the continuity weight); got "
+                f"penalty={penalty!r}"
+            )
         n = base.ts.shape[0]
         if segments > (n - 1) // 2:
             raise ValueError(
@@ -382,6 +450,34 @@ class _Frozen(eqx.Module):
         args, t_freeze = args
         dy = self.vector_field(t, y, args)
         return jax.tree.map(lambda v: jnp.where(t < t_freeze, v, jnp.zeros_like(v)), dy)
+
+
+@eqx.filter_jit
+def _probe(loss, theta):
+    """(index-check error, f(t0, y0, args), unused-args mask or None) for `check_model`.
+
+    An entry of args is unused when a NaN tangent in it leaves the vector field's tangent
+    finite: every arithmetic path from an entry propagates NaN, so only entries that no
+    operation reads (or that a select discards at θ) stay finite.
+    """
+
+    def field(th):
+        y0, args = loss.split(th)
+        return loss.vector_field(loss.t0, y0, args)
+
+    err, dy = checkify.checkify(field, errors=checkify.index_checks)(theta)
+    unused = None
+    if loss.split_fn is None and isinstance(theta, jax.Array) and theta.ndim == 1:
+        n = theta.shape[0]
+        first = loss.n_state
+
+        def finite_with_nan_in(k):
+            tangent = jnp.where(jnp.arange(n) == k, jnp.nan, 0.0).astype(theta.dtype)
+            out = jax.jvp(field, (theta,), (tangent,))[1]
+            return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(out)]))
+
+        unused = jax.vmap(finite_with_nan_in)(jnp.arange(first, n))
+    return err, dy, unused
 
 
 def _all_finite(tree):

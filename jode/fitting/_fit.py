@@ -1,26 +1,20 @@
-"""Parameter recovery: fit a differential equation's parameters and initial state to data.
+"""`fit(loss, theta0)`: phases of optimizer stages with progress, checkpoints, multi-start.
 
 A fit minimizes a trajectory loss (`TrajectoryLoss`: weighted least squares between the
 solution at the data's times and the data) with stages of optax optimizers — by default
 Adam, then L-BFGS with a line search, the DiffEqFlux recipe (Rackauckas et al. 2019) — and,
-for hard problems, a strategy:
-
-- `GrowingWindows`: fit the first part of the data, then more, to the whole span, each
-  stage starting from the last (Kidger 2021, *On Neural Differential Equations*, §2.2.4,
-  on fitting long or chaotic trajectories); the window is a masked loss, so it compiles once,
-  and its solve leaves the state unchanged past the window (`TrajectoryLoss.freeze_time`),
-  so a trial model that diverges there cannot spoil the window's loss.
-- `MultipleShooting`: segments with their own fitted initial states and a continuity
-  penalty (Bock & Plitt 1984), then a single-shooting polish.
+for hard problems, a strategy (`GrowingWindows`, `MultipleShooting`; see `strategies`).
 
 A batch of initial guesses (`batched=True`) is fitted at once with `vmap` (multi-start); the
 best fit is returned with all the others. The result carries the loss history, a status,
 and the Gauss-Newton covariance of the estimate (standard errors, 95% intervals).
 Long fits show a progress bar and can be checkpointed and resumed (`checkpoint=path.npz`).
+The compiled stages are cached by the stage's type, the loss's static structure (its model
+function and solver options) and the shapes, so a second fit of the same model reuses them.
 
 Example:
-    >>> loss = jode.fit.TrajectoryLoss(jode.models.lotka_volterra, ts, data, n_state=2)
-    >>> result = jode.fit.fit(loss, jnp.array([0.8, 1.2, 1.2, 1.0, 2.9, 1.1]))
+    >>> loss = jode.fitting.TrajectoryLoss(jode.models.lotka_volterra, ts, data, n_state=2)
+    >>> result = jode.fit(loss, jnp.array([0.8, 1.2, 1.2, 1.0, 2.9, 1.1]))
     >>> result.params, result.stderr, result.interval(0.95)
 """
 
@@ -30,98 +24,25 @@ import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .fitting import checkpoint as ckpt
-from .fitting.loss import MultipleShootingLoss, TrajectoryLoss, check_data
-from .fitting.stages import (
-    LBFGS,
-    Adam,
-    FitStatus,
-    StageState,
-    init_state,
-    run_chunk,
-    run_stage,
-    run_stages,
-    stage_step,
-)
-from .fitting.uncertainty import Uncertainty, gauss_newton, jacobian
+from . import checkpoint as ckpt
+from .stages import LBFGS, Adam, FitStatus, init_state, run_chunk
+from .strategies import GrowingWindows, MultipleShooting, Phase
+from .uncertainty import Uncertainty, gauss_newton
 
-__all__ = [
-    "Adam", "LBFGS", "FitStatus", "StageState", "TrajectoryLoss", "MultipleShootingLoss",
-    "GrowingWindows", "MultipleShooting", "FitResult", "Uncertainty", "fit", "gauss_newton",
-    "jacobian", "run_stage", "run_stages", "stage_step", "check_data", "default_stages",
-]
+__all__ = ["FitResult", "default_stages", "fit"]
+
+_RESUME = ("auto", "fresh")
 
 
 def default_stages(adam_steps: int = 300, lbfgs_steps: int = 500):
     """Adam (lr 1e-2) then L-BFGS: the article's recipe with fewer Adam steps, since the
     L-BFGS polish does the fine work."""
     return (Adam(steps=adam_steps, learning_rate=1e-2), LBFGS(steps=lbfgs_steps))
-
-
-class GrowingWindows(eqx.Module):
-    """Fit on [t0, T_1], then [t0, T_2], …, the whole span, running the stages in each.
-
-    Args:
-        fractions: the window ends as fractions of the data's span (the last should be 1).
-        ends: absolute window end times instead of fractions.
-        stages: stages per window (default: the fit's stages).
-    """
-
-    fractions: tuple = (0.2, 0.4, 0.6, 0.8, 1.0)
-    ends: tuple | None = None
-    stages: tuple | None = None
-
-    def __check_init__(self):
-        vals = self.ends if self.ends is not None else self.fractions
-        if len(vals) == 0 or any(b <= a for a, b in zip(vals, vals[1:], strict=False)):
-            raise ValueError(f"window ends must be increasing and non-empty; got {vals}")
-
-    def phases(self, loss, stages):
-        t0, t1 = float(loss.ts[0]), float(loss.ts[-1])
-        ends = self.ends or tuple(t0 + f * (t1 - t0) for f in self.fractions)
-        ends = tuple(float(e) for e in ends)
-        stages = self.stages or stages
-        out = []
-        for end in ends:
-            label_end = end if end < t1 else float("inf")
-            out += [_Phase(loss, s, label_end, f"window t<={end:.3g}") for s in stages]
-        if ends[-1] < t1:
-            out += [_Phase(loss, s, float("inf"), "full span") for s in stages]
-        return out
-
-
-class MultipleShooting(eqx.Module):
-    """Multiple shooting over `segments` pieces, then single-shooting polish stages.
-
-    Args:
-        segments: the number of segments S (each needs >= 3 observations).
-        penalty: the weight λ of the continuity term.
-        polish: stages of the final single-shooting fit (default: one L-BFGS).
-    """
-
-    segments: int = 10
-    penalty: float = 10.0
-    polish: tuple | None = None
-
-    def phases(self, loss, stages):
-        ms = loss.multiple_shooting(self.segments, self.penalty)
-        polish = self.polish or (LBFGS(),)
-        return [_Phase(ms, s, float("inf"), f"multiple shooting S={self.segments}")
-                for s in stages] + [_Phase(loss, s, float("inf"), "polish") for s in polish]
-
-
-class _Phase(NamedTuple):
-    loss: object
-    stage: object
-    t_end: float
-    label: str
 
 
 @dataclass
@@ -183,10 +104,40 @@ class FitResult:
         return "\n".join(lines)
 
 
-def _fingerprint(phases, theta0, batched):
-    shapes = [tuple(np.shape(x)) for x in jax.tree.leaves(theta0)]
-    labels = "|".join(f"{p.label}:{type(p.stage).__name__}{p.stage.steps}" for p in phases)
-    return f"phases={len(phases)};batched={batched};shapes={shapes};{labels}"
+def _check_batch(theta0):
+    leaves = jax.tree.leaves(theta0)
+    if not leaves or any(np.ndim(x) == 0 for x in leaves):
+        raise ValueError(
+            "batched=True needs a batch of guesses with a leading axis (B, ...); got theta0 "
+            f"with shapes {[np.shape(x) for x in leaves]}. Stack the guesses, e.g. "
+            "jnp.stack([theta_a, theta_b]), or pass batched=False for one guess"
+        )
+    sizes = {np.shape(x)[0] for x in leaves}
+    if len(sizes) != 1:
+        raise ValueError(
+            "batched=True needs one leading (batch) axis shared by every leaf of theta0; "
+            f"got leading sizes {sorted(sizes)}"
+        )
+
+
+def _check_resumed(path, state, stage):
+    """Values a damaged file could hold that have the right shape and dtype."""
+    status, step = np.asarray(state.status), np.asarray(state.step)
+    if np.any((status < min(FitStatus)) | (status > max(FitStatus))):
+        raise ValueError(
+            f"the checkpoint {path} is damaged (a status outside {[int(s) for s in FitStatus]}"
+            "); delete it, or pass resume='fresh' to start the fit over"
+        )
+    if np.any((step < 0) | (step > stage.steps)):
+        raise ValueError(
+            f"the checkpoint {path} is damaged (step {step} outside 0..{stage.steps}); delete "
+            "it, or pass resume='fresh' to start the fit over"
+        )
+    if not all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(state.params)):
+        raise ValueError(
+            f"the checkpoint {path} is damaged (non-finite parameters); delete it, or pass "
+            "resume='fresh' to start the fit over"
+        )
 
 
 def _progress(total, enabled, desc):
@@ -231,6 +182,7 @@ def fit(
     uncertainty: bool | None = None,
     progress: bool = True,
     checkpoint=None,
+    resume: str = "auto",
     chunk: int = 50,
 ) -> FitResult:
     """Fit θ to minimize `loss`, in phases (strategy × stages), with progress and checkpoints.
@@ -245,36 +197,50 @@ def fit(
         uncertainty: compute the Gauss-Newton covariance (default: when θ is a vector and
             the loss has residuals).
         progress: show a tqdm bar (loss, step).
-        checkpoint: a path (.npz); written after every chunk, and resumed from if it exists.
+        checkpoint: a path (.npz); written after every chunk, and resumed from if it exists
+            and was written by this same fit (same data, times, weights, model, solver
+            options, θ0, stages and strategy).
+        resume: "auto" (resume from `checkpoint` when it exists; a checkpoint of another
+            fit is an error naming what differs) or "fresh" (start over, overwriting it).
         chunk: iterations per compiled call (between progress updates and checkpoints).
 
     Returns:
         A `FitResult`.
 
     Raises:
-        ValueError: for a guess of the wrong length or non-finite values, a bad stage or
-            strategy, or a checkpoint from another fit.
+        ValueError: for a guess of the wrong length (one the model indexes past, or with
+            entries the model never uses) or non-finite values, a batch that is not one
+            (`batched=True` with a single vector), a bad stage, strategy or option, or a
+            checkpoint from another fit or a damaged one (naming the file).
     """
     start_time = time.perf_counter()
     stages = tuple(default_stages() if stages is None else stages)
     if not stages:
-        raise ValueError("stages must contain at least one stage, e.g. (jode.fit.LBFGS(),)")
+        raise ValueError(
+            "stages must contain at least one stage, e.g. (jode.fitting.LBFGS(),)")
     for s in stages:
         if not isinstance(s, (Adam, LBFGS)):
-            raise ValueError(f"unknown stage {s!r}: use jode.fit.Adam(...) or jode.fit.LBFGS(...)")
+            raise ValueError(
+                f"unknown stage {s!r}: use jode.fitting.Adam(...) or jode.fitting.LBFGS(...)")
     if not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive int; got chunk={chunk!r}")
+    if resume not in _RESUME:
+        raise ValueError(f'resume must be "auto" or "fresh"; got resume={resume!r}')
+    if batched:
+        _check_batch(theta0)
     if hasattr(loss, "check_theta"):
         loss.check_theta(theta0, batched=batched)
     theta0 = jax.tree.map(lambda x: jnp.asarray(x, jnp.result_type(float)), theta0)
+    if hasattr(loss, "check_model"):
+        loss.check_model(jax.tree.map(lambda x: x[0], theta0) if batched else theta0)
     if strategy is None:
-        phases = [_Phase(loss, s, float("inf"), "full span") for s in stages]
+        phases = [Phase(loss, s, float("inf"), "full span") for s in stages]
     elif isinstance(strategy, (GrowingWindows, MultipleShooting)):
         phases = strategy.phases(loss, stages)
     else:
         raise ValueError(
-            f"strategy must be None, jode.fit.GrowingWindows(...) or "
-            f"jode.fit.MultipleShooting(...); got {strategy!r}"
+            f"strategy must be None, jode.fitting.GrowingWindows(...) or "
+            f"jode.fitting.MultipleShooting(...); got {strategy!r}"
         )
 
     def compiled(phase):
@@ -284,16 +250,19 @@ def fit(
         init = phases[k].loss.init
         return jax.vmap(init)(theta) if batched else init(theta)
 
-    fingerprint = _fingerprint(phases, theta0, batched)
     history: list = []
     first_phase, resumed_state = 0, None
-    if checkpoint is not None and Path(checkpoint).exists():
+    if checkpoint is not None:
+        fingerprint = ckpt.fit_fingerprint(loss, theta0, stages, strategy, batched)
+    if checkpoint is not None and resume == "auto" and Path(checkpoint).exists():
         def template(k):
             p = jax.eval_shape(lambda t: params_for(k, t), theta0)
             init = compiled(phases[k])[0]
             return jax.eval_shape(init, phases[k].stage, phases[k].loss, p, jnp.inf)
 
-        first_phase, resumed_state, history = ckpt.load(checkpoint, template, fingerprint)
+        first_phase, resumed_state, history = ckpt.load(checkpoint, template, fingerprint,
+                                                        len(phases))
+        _check_resumed(checkpoint, resumed_state, phases[first_phase].stage)
         history = list(history)
 
     total = sum(p.stage.steps for p in phases)

@@ -8,15 +8,23 @@ memory in use is bounded by the chunk, not by the batch. Across hosts (after
 `jax.distributed.initialize`), the mesh spans every process's devices, each process
 computes its share, and the results are gathered on every process.
 
+The sharded program is compiled once per function object, batch shapes and options
+(`eqx.filter_jit` over the function, the batch and the mesh): calling `sweep` again with the
+same function reuses it. Pass the same function object (a named function, or a lambda kept
+in a variable), not a new lambda per call.
+
 Example:
-    >>> thetas = jode.sweep.grid(alpha=jnp.linspace(1, 2, 32), beta=jnp.linspace(0.5, 1.5, 32))
-    >>> final = jode.sweep.sweep(lambda p: jode.solve(f, y0, 0.0, 10.0, p).ys[-1], thetas)
+    >>> thetas = jode.sweeping.grid(alpha=jnp.linspace(1, 2, 32), beta=jnp.linspace(0.5, 1.5, 32))
+    >>> def final(p):
+    ...     return jode.solve(f, y0, 0.0, 10.0, p).ys[-1]
+    >>> out = jode.sweep(final, thetas)
 """
 
 from __future__ import annotations
 
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,6 +64,10 @@ def batch_size(batch) -> int:
     leaves = jax.tree.leaves(batch)
     if not leaves:
         raise ValueError("the batch is empty: pass arrays with a leading batch axis")
+    if any(np.ndim(x) and np.shape(x)[0] == 0 for x in leaves):
+        raise ValueError(
+            "the batch has 0 rows (a leading axis of size 0); pass at least one element"
+        )
     sizes = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
     if None in sizes or len(sizes) != 1:
         raise ValueError(
@@ -78,13 +90,27 @@ def _pad(batch, total):
     return jax.tree.map(pad, batch)
 
 
-def _per_device(fn, chunk_size):
-    def run(block):
-        if chunk_size is None:
-            return jax.vmap(fn)(block)
-        return jax.lax.map(fn, block, batch_size=chunk_size)
+class _PerDevice(eqx.Module):
+    """One device's block: `fn` vmapped over it, in chunks of `chunk_size` if given."""
 
-    return run
+    fn: object
+    chunk_size: int | None = eqx.field(static=True)
+
+    def __call__(self, block):
+        if self.chunk_size is None:
+            return jax.vmap(self.fn)(block)
+        return jax.lax.map(self.fn, block, batch_size=self.chunk_size)
+
+
+@eqx.filter_jit
+def _program(fn, global_batch, chunk_size, mesh):
+    # One cached program per (fn, shapes, chunk_size, mesh): `fn` is static when it holds no
+    # arrays (hashed by identity), and its arrays are traced arguments when it does (e.g.
+    # a loss in a `_FitOne`), so new data never recompiles.
+    return jax.shard_map(
+        _PerDevice(fn, chunk_size), mesh=mesh, in_specs=P(_AXIS), out_specs=P(_AXIS),
+        check_vma=False,
+    )(global_batch)
 
 
 def sweep(fn, batch, *, chunk_size: int | None = None, devices=None, gather: bool = True):
@@ -103,7 +129,8 @@ def sweep(fn, batch, *, chunk_size: int | None = None, devices=None, gather: boo
         fn's output pytree with a leading axis of size B.
 
     Raises:
-        ValueError: for an empty batch, mismatched leading axes or a bad chunk_size.
+        ValueError: for an empty batch (no leaves, or 0 rows), mismatched leading axes or a
+            bad chunk_size.
     """
     n = batch_size(batch)
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
@@ -123,13 +150,8 @@ def sweep(fn, batch, *, chunk_size: int | None = None, devices=None, gather: boo
         return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
     global_batch = jax.tree.map(place, padded)
-    program = jax.jit(
-        jax.shard_map(
-            _per_device(fn, chunk_size if chunk_size is None else min(chunk_size, per_dev)),
-            mesh=mesh, in_specs=P(_AXIS), out_specs=P(_AXIS), check_vma=False,
-        )
-    )
-    out = program(global_batch)
+    chunk = chunk_size if chunk_size is None else min(chunk_size, per_dev)
+    out = _program(fn, global_batch, chunk, mesh)
     if not gather:
         return out
     if jax.process_count() > 1:
@@ -139,13 +161,24 @@ def sweep(fn, batch, *, chunk_size: int | None = None, devices=None, gather: boo
     return jax.tree.map(lambda x: np.asarray(x)[:n], out)
 
 
+class _FitOne(eqx.Module):
+    """θ0 -> (θ̂, final loss) of `run_stages`: a module rather than a closure, so the
+    compiled sweep is found again for the same loss structure and stages."""
+
+    loss: object
+    stages: tuple
+
+    def __call__(self, theta):
+        from .fitting.stages import run_stages
+
+        return run_stages(self.loss, self.stages, theta)
+
+
 def fit_sweep(loss, thetas, stages, *, chunk_size: int | None = None, devices=None):
     """Fit from every initial guess in `thetas` (multi-start) as one sharded sweep.
 
-    Each guess runs `jode.fit.run_stages(loss, stages, θ0)` (no progress bar: one compiled
-    program); returns (θ̂ for every guess, their final losses).
+    Each guess runs `jode.fitting.run_stages(loss, stages, θ0)` (no progress bar: one
+    compiled program, reused by later calls with the same model, stages and shapes);
+    returns (θ̂ for every guess, their final losses).
     """
-    from .fitting.stages import run_stages
-
-    return sweep(lambda th: run_stages(loss, stages, th), thetas, chunk_size=chunk_size,
-                 devices=devices)
+    return sweep(_FitOne(loss, tuple(stages)), thetas, chunk_size=chunk_size, devices=devices)
