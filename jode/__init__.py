@@ -32,6 +32,7 @@ from .ode.adjoint import ForwardMode as ForwardMode
 from .ode.batch import solve_batch as solve_batch
 from .ode.control import ConstantStep as ConstantStep
 from .ode.control import PIDController as PIDController
+from .ode.events import Event as Event
 from .ode.explicit import RK4 as RK4
 from .ode.explicit import AbstractExplicitRK as AbstractExplicitRK
 from .ode.explicit import AbstractSolver as AbstractSolver

@@ -146,8 +146,14 @@ def solve_diffrax(
     adjoint,
     max_steps,
     throw,
+    event=None,
 ):
-    """Carry out `jode.solve` with diffrax; see `jode.solve` for the arguments."""
+    """Carry out `jode.solve` with diffrax; see `jode.solve` for the arguments.
+
+    Events (a tuple of `jode.Event`) become one `diffrax.Event` with a condition per event
+    and its direction (+1: upward, diffrax's True), located by `optimistix.Newton` on
+    diffrax's dense output; the event time and state are saved by a second `SubSaveAt`.
+    """
     dfx_solver = to_diffrax_solver(solver)
     if isinstance(controller, PIDController):
         stepsize = dfx.PIDController(
@@ -177,9 +183,11 @@ def solve_diffrax(
         steps=saveat.steps,
         dense=saveat.dense,
     )
-    event = None
+    dfx_event = None
     if stop is not None:
-        event = dfx.Event(cond_fn=lambda t, y, args, **kw: stop(t, y, args))
+        dfx_event = dfx.Event(cond_fn=lambda t, y, args, **kw: stop(t, y, args))
+    if event is not None:
+        dfx_event, dfx_saveat = _to_diffrax_event(event, saveat, y0)
     sol = dfx.diffeqsolve(
         dfx.ODETerm(f),
         dfx_solver,
@@ -193,8 +201,11 @@ def solve_diffrax(
         adjoint=_to_diffrax_adjoint(adjoint),
         max_steps=max_steps,
         throw=False,
-        event=event,
+        event=dfx_event,
     )
+    ts_out, ys_out, event_fields = sol.ts, sol.ys, {}
+    if event is not None:
+        ts_out, ys_out, event_fields = _event_fields(sol, saveat, t1, y0)
     status = _status(sol.result)
     steps = jnp.asarray(sol.stats["num_steps"], jnp.int32)
     nfev = steps * solver.f_evals_per_step + 1
@@ -208,14 +219,60 @@ def solve_diffrax(
     )
     dtype = jnp.result_type(*jax.tree.leaves(y0))
     out = Solution(
-        ts=sol.ts,
-        ys=sol.ys,
+        ts=ts_out,
+        ys=ys_out,
         stats=stats,
         status=status,
         t0=jnp.asarray(t0, dtype),
-        t1=jnp.asarray(t1, dtype),
+        t1=event_fields.pop("t1", jnp.asarray(t1, dtype)),
         interpolation=sol.interpolation if saveat.dense else None,
+        **event_fields,
     )
     if throw:
         out = raise_on_failure(out, max_steps, solver, backend="diffrax")
     return out
+
+
+def _to_diffrax_event(events, saveat, y0):
+    """(diffrax.Event, diffrax.SaveAt) for a tuple of `jode.Event`s and jode's SaveAt.
+
+    The user's saves are the first `SubSaveAt`, the final (event) time and state the second.
+    """
+    import optimistix as optx
+
+    dtype = jnp.result_type(*jax.tree.leaves(y0))
+    # Newton on the event time converges quadratically: stop a few ulps from the root.
+    tol = 100 * float(jnp.finfo(dtype).eps)
+    conds = tuple(
+        (lambda t, y, args, _fn=ev.cond_fn, **kw: _fn(t, y, args)) for ev in events
+    )
+    dfx_event = dfx.Event(
+        cond_fn=conds,
+        root_finder=optx.Newton(rtol=tol, atol=tol),
+        direction=tuple(None if ev.direction is None else ev.direction > 0 for ev in events),
+    )
+    user = dfx.SubSaveAt(
+        ts=saveat.ts,
+        t1=saveat.t1 and saveat.ts is None and not saveat.steps,
+        steps=saveat.steps,
+    )
+    return dfx_event, dfx.SaveAt(subs=[user, dfx.SubSaveAt(t1=True)], dense=saveat.dense)
+
+
+def _event_fields(sol, saveat, t1, y0):
+    """(ts, ys, the Solution's event fields) from a diffrax solve with `_to_diffrax_event`."""
+    dtype = jnp.result_type(*jax.tree.leaves(y0))
+    ts, ys = sol.ts[0], sol.ys[0]
+    if saveat.ts is not None:  # jode keeps the requested times; rows after the event are inf
+        ts = jnp.asarray(saveat.ts, dtype)
+    mask = jnp.stack(sol.event_mask)
+    fired = jnp.any(mask)
+    t_end = sol.ts[1][-1]
+    nan = jnp.asarray(jnp.nan, dtype)
+    fields = dict(
+        event_t=jnp.where(fired, t_end, nan),
+        event_y=jax.tree.map(lambda y: jnp.where(fired, y[-1], nan), sol.ys[1]),
+        event_index=jnp.where(fired, jnp.argmax(mask), -1).astype(jnp.int32),
+        t1=jnp.where(fired, t_end, jnp.asarray(t1, dtype)),
+    )
+    return ts, ys, fields

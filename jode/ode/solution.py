@@ -45,7 +45,11 @@ class Solution(eqx.Module):
         stats: dict of int arrays: `steps` (attempted), `accepted`, `rejected`, `nfev`
             (vector-field evaluations), and for implicit solvers `njev`, `nlinsolve`.
         status: int array, a `jode.Status` value; 0 is success.
-        t0, t1: the integration interval.
+        t0, t1: the integration interval (t1 is the event time when an event fired).
+        event_t: with `solve(..., event=...)`: the time where the event fired (NaN if none
+            did); saves after it are inf and `evaluate` is NaN past it.
+        event_y: the state at `event_t` (NaN if no event fired), the pytree of y0.
+        event_index: which event fired (its position in the tuple of events), -1 if none.
     """
 
     ts: jax.Array
@@ -58,6 +62,9 @@ class Solution(eqx.Module):
     dense_coeffs: jax.Array | None = None
     interpolation: object = None  # the diffrax backend's dense interpolation
     unravel: object = eqx.field(static=True, default=None)
+    event_t: jax.Array | None = None
+    event_y: object = None
+    event_index: jax.Array | None = None
 
     @property
     def succeeded(self) -> jax.Array:
@@ -77,7 +84,8 @@ class Solution(eqx.Module):
             t = jnp.asarray(t)
             flat_t = jnp.reshape(t, (-1,))
             out = jax.vmap(self.interpolation.evaluate)(flat_t)
-            return jax.tree.map(lambda x: jnp.reshape(x, t.shape + x.shape[1:]), out)
+            out = jax.tree.map(lambda x: jnp.reshape(x, t.shape + x.shape[1:]), out)
+            return self._nan_after_event(t, out)
         if self.dense_coeffs is None:
             raise ValueError(
                 "Solution.evaluate needs dense output: call jode.solve(..., dense=True)"

@@ -27,7 +27,8 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from . import checks
-from .adjoint import AbstractAdjoint, DirectAdjoint
+from . import events as ev
+from .adjoint import AbstractAdjoint, DirectAdjoint, ForwardMode
 from .control import (
     ConstantStep,
     PIDController,
@@ -85,6 +86,7 @@ class _Carry(NamedTuple):
     solver_state: object = None  # implicit solvers: Jacobian, counters (see implicit.py)
     active: jax.Array | bool = True  # the loop condition, kept current by the body
 
+    event: object = None  # events.EventState: conditions now and the step they crossed in
 
 class _Problem(NamedTuple):
     """Everything static or traced that the loop body needs, besides the carry."""
@@ -102,6 +104,8 @@ class _Problem(NamedTuple):
     max_steps: int
     stop: object = None  # flat terminating condition (t, y, args) -> bool, or None
 
+    event: object = None  # flat event conditions (t, y, args) -> (n_events,), or None
+    event_dirs: object = None  # (n_events,) +1, -1 or 0 (either direction)
 
 def _coeff_degree(solver, y):
     probe = jax.eval_shape(
@@ -207,6 +211,12 @@ def _body(prob: _Problem, args, c: _Carry) -> _Carry:
         stopped = take & prob.stop(t_end, res.y1, args)
         new["status"] = jnp.where(stopped, Status.EVENT, new["status"]).astype(c.status.dtype)
     if c.solver_state is not None:
+    if prob.event is not None:
+        # A crossing ends the loop; the root inside the step is located after it (events.py).
+        fired, new["event"] = ev.step_update(
+            prob.event, prob.event_dirs, c.event, take, c.t, h, res.y1, res.coeffs, args
+        )
+        new["status"] = jnp.where(fired, Status.EVENT, new["status"]).astype(c.status.dtype)
         new["solver_state"] = jax.tree.map(
             lambda a, b: jnp.where(can_step, a, b), res.state, c.solver_state
         )
@@ -362,6 +372,7 @@ def solve(
         ValueError: on bad input, before tracing; and, with `throw=True`, a runtime error
             naming the failure and a fix.
 
+    event=None,
     Example:
         >>> sol = jode.solve(lambda t, y, a: -a * y, 1.0, 0.0, 1.0, args=2.0, saveat=ts)
     """
@@ -388,6 +399,16 @@ def solve(
         saveat = SaveAt(t1=True, dense=saveat.dense)
     checks.check_y0(y0)
     checks.check_interval(t0, t1, dt0, n_steps, max_steps)
+            It is the special case of an event without root finding: the solve ends at
+            the end of the first step where the condition holds (no `sol.event_t`).
+        event: a `jode.Event`, or a tuple/list of them: the solve ends where a condition
+            g(t, y, args) crosses zero, located inside the step by root finding on the
+            dense output. Then `sol.status` is `Status.EVENT` (a success), `sol.event_t`
+            (also `sol.t1`) the event time, `sol.event_y` the state there,
+            `sol.event_index` which event fired (-1 if none did: event_t/event_y are NaN);
+            saves after the event are inf and `sol.evaluate` is NaN past it. The event
+            time is differentiable (implicit function theorem); see `jode.Event`. Not
+            with `stop=` nor with `BacksolveAdjoint`.
     checks.check_tolerances(rtol, atol)
     checks.check_vector_field(f, t0, y0, args)
     if saveat.ts is not None:
@@ -454,13 +475,27 @@ def _solve_jode(
     nfev = jnp.asarray(1, jnp.int32)
 
     n_static = None if adaptive else _static_step_count(t0, t1, dt0, n_steps)
-    if n_static is not None and jump_ts is None and stop is None:
+    if n_static is not None and jump_ts is None and stop is None and event is None:
         tols = (_flatten_tol(rtol, y0, dtype), _flatten_tol(atol, y0, dtype))
         sol_parts = _scan_constant(
+    if event is not None:
+        event = ev.as_events(event)
+        if stop is not None:
+            raise ValueError(
+                "pass either stop= (a boolean condition) or event= (conditions crossing zero), "
+                "not both: express the stop condition as an Event"
+            )
+        if not isinstance(adjoint, DirectAdjoint | ForwardMode):
+            raise ValueError(
+                f"events need adjoint=jode.DirectAdjoint() or jode.ForwardMode(); got {adjoint!r}"
+            )
+        ev.check_conditions(event, t0, y0, args)
             solver,
             f_flat,
             args,
             t0,
+    if event is not None:
+        options["event"] = event
             t1,
             y0_flat,
             fy0,
@@ -487,6 +522,7 @@ def _solve_jode(
                 )
                 nfev = nfev + 1
             else:
+    event=None,
                 h0 = jnp.asarray(dt0, dtype)
         else:
             h0 = (t1 - t0) / n_steps if n_steps is not None else jnp.asarray(dt0, dtype)
@@ -513,7 +549,7 @@ def _solve_jode(
             loop,
             None if stop is None else (lambda t, y, a: jnp.asarray(stop(t, unravel(y), a), bool)),
         )
-    ts_out, ys_flat, stats, status, dense_ts, dense_coeffs = sol_parts
+    ts_out, ys_flat, stats, status, dense_ts, dense_coeffs, *event_parts = sol_parts
     stats["nfev"] = stats["nfev"] + nfev
     ys = jax.vmap(unravel)(ys_flat)
     sol = Solution(
@@ -563,10 +599,21 @@ def _scan_constant(
         rejected=jnp.zeros((), jnp.int32),
         nfev=count * solver.f_evals_per_step,
     )
+            None if event is None else (ev.flat_condition(event, unravel, dtype), event),
     if state is not None:
         stats.update(solver.stats(state))
     if ts is not None:
         ys = evaluate_steps(grid, coeffs, count, ts, direction)
+    event_fields = {}
+    if event is not None:
+        fired, index, t_star, y_star = event_parts[0]
+        nan = jnp.asarray(jnp.nan, dtype)
+        event_fields = dict(
+            event_t=jnp.where(fired, t_star, nan),
+            event_y=unravel(jnp.where(fired, y_star, nan)),
+            event_index=index,
+        )
+        t1 = jnp.where(fired, t_star, t1)
         ts_out = ts
     elif saveat.steps:
         ys = jnp.concatenate([y0[None], y_steps])
@@ -577,6 +624,7 @@ def _scan_constant(
     return ts_out, ys, stats, status, dense_ts, dense_coeffs
 
 
+        **event_fields,
 def _while_solve(
     solver,
     f_flat,
@@ -649,6 +697,7 @@ def _while_solve(
         last_t=t0,
         last_h=jnp.zeros((), dtype),
         last_coeffs=last_coeffs,
+    event=None,
         pending=jnp.zeros((), bool),
         save_idx=save_idx,
         ys=ys,
@@ -666,6 +715,8 @@ def _while_solve(
     # its arrays only, the rest is static.
     args_arr, args_static = eqx.partition(args, eqx.is_array)
 
+        event=None if event is None else event[0],
+        event_dirs=None if event is None else jnp.asarray(ev.directions(event[1])),
     def _convert(fn):
         return jax.closure_convert(
             lambda t, y, a: fn(t, y, eqx.combine(a, args_static)), t0, y0, args_arr
@@ -707,6 +758,7 @@ def _while_solve(
     ).astype(jnp.int32)
     extra = final.steps if jump_ts is not None else 0
     stats = dict(
+        event=None if event is None else ev.init_state(event[0], t0, y0, args, degree),
         steps=final.steps,
         accepted=final.accepted,
         rejected=final.rejected,
@@ -724,4 +776,26 @@ def _while_solve(
     else:
         ts_out, ys_out = final.t[None], final.y[None]
     dense_ts = final.step_ts if saveat.dense else None
-    return ts_out, ys_out, stats, status, dense_ts, final.dense_coeffs
+    event_conv, event_consts = (None, ()) if event is None else _convert(event[0])
+    if event is None:
+        return ts_out, ys_out, stats, status, dense_ts, final.dense_coeffs
+    # Locate the crossing inside the last step; saves stop at it.
+    located = ev.locate(event[0], prob.event_dirs, final.event, status == Status.EVENT, args)
+    fired, _, t_star, y_star = located
+    e = final.event
+    if ts is not None:
+        ys_out = ev.clip_saves(ts, ys_out, fired, e.t_start, e.h, e.coeffs, t_star, direction)
+    elif saveat.steps:
+        last = fired & (jnp.arange(ts_out.shape[0], dtype=final.accepted.dtype) == final.accepted)
+        ts_out = jnp.where(last, t_star, ts_out)
+        ys_out = jnp.where(last[:, None], y_star, ys_out)
+    else:
+        ts_out = jnp.where(fired, t_star, ts_out)
+        ys_out = jnp.where(fired, y_star[None], ys_out)
+    return ts_out, ys_out, stats, status, dense_ts, final.dense_coeffs, located
+        event_consts=event_consts,
+            event=None
+            if event is None
+            else (
+                lambda t, y, a: event_conv(t, y, eqx.filter(a, eqx.is_array), *ops["event_consts"])
+            ),
