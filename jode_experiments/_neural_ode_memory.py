@@ -1,12 +1,22 @@
-"""Peak memory (max RSS) of one neural-ODE training step, measured in a fresh process.
+"""Peak memory of one neural-ODE training step, measured in a fresh Python process.
 
-    python -m jode.experiments._neural_ode_memory ADJOINT N_STEPS [BATCH WIDTH]
+`measure_in_subprocess(adjoint, n_steps, batch, width)` starts a clean interpreter
+(`sys.executable -c ...`) that builds a `NeuralODE` (MLP field, RK4, `n_steps` constant
+steps), compiles and runs the gradient of a squared-norm loss, and prints one JSON line:
 
-prints one JSON line {"adjoint", "n_steps", "max_rss_mb", "baseline_rss_mb"}. The step is
-the gradient of a squared-norm loss through a `NeuralODE` (MLP field, RK4, N constant
-steps); `baseline_rss_mb` is the RSS after compiling the forward solve only, so the
-difference is what the backward pass holds (Chen et al. 2018, §2: the adjoint method's
-memory is constant in the number of steps).
+- `temp_mb`: the scratch memory XLA allocates for the compiled gradient
+  (`Compiled.memory_analysis().temp_size_in_bytes`): what the backward pass holds, exactly
+  and independently of the allocator;
+- `peak_rss_mb`: the child's own peak resident set size (Linux `VmHWM` of its address
+  space, which starts afresh at `exec`), and `baseline_rss_mb`, the same after compiling the
+  forward solve only.
+
+Why a child reads `VmHWM` and not `getrusage(RUSAGE_SELF).ru_maxrss`: on Linux the latter
+survives `fork`/`exec`, so a child started by a large parent reports the parent's peak.
+
+Chen et al. (2018), "Neural Ordinary Differential Equations", NeurIPS, §2: the adjoint
+method's memory is constant in the number of steps, while differentiating through the
+solver's operations (DirectAdjoint) stores every step.
 """
 
 from __future__ import annotations
@@ -17,11 +27,21 @@ import subprocess
 import sys
 
 
-def _max_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def _own_peak_rss_mb() -> float:
+    """This address space's peak RSS in MB (VmHWM); ru_maxrss where /proc is absent."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024.0 * 1024.0 if sys.platform == "darwin" else 1024.0)
 
 
 def measure(adjoint_name: str, n_steps: int, batch: int = 256, width: int = 256) -> dict:
+    """Compile and run one gradient step in this process; the memory it took."""
     import equinox as eqx
     import jax
     import jax.numpy as jnp
@@ -30,27 +50,35 @@ def measure(adjoint_name: str, n_steps: int, batch: int = 256, width: int = 256)
     import jode
     from jode.nn.neural_ode import MLPField, NeuralODE
 
-    adjoint = {"direct": jode.DirectAdjoint(), "backsolve": jode.BacksolveAdjoint()}[adjoint_name]
+    adjoints = {"direct": jode.DirectAdjoint(), "backsolve": jode.BacksolveAdjoint()}
+    if adjoint_name not in adjoints:
+        raise ValueError(f"adjoint_name must be one of {list(adjoints)}; got {adjoint_name!r}")
     node = NeuralODE(
         MLPField(width, width, 2, key=jr.key(0)),
         solver=jode.RK4(),
         n_steps=n_steps,
-        adjoint=adjoint,
+        adjoint=adjoints[adjoint_name],
         t1=1.0,
     )
     y0 = jr.normal(jr.key(1), (batch, width), jnp.float32)
+    params, static = eqx.partition(node, eqx.is_array)
 
-    def loss(model):
-        return jnp.sum(model(y0) ** 2)
+    def loss(params):
+        return jnp.sum(eqx.combine(params, static)(y0) ** 2)
 
-    jax.block_until_ready(eqx.filter_jit(loss)(node))
-    baseline = _max_rss_mb()
-    grads = eqx.filter_jit(eqx.filter_grad(loss))(node)
-    jax.block_until_ready(grads)
+    jax.block_until_ready(jax.jit(loss)(params))
+    baseline = _own_peak_rss_mb()
+    compiled = jax.jit(jax.grad(loss)).lower(params).compile()
+    analysis = compiled.memory_analysis()
+    temp = getattr(analysis, "temp_size_in_bytes", None) if analysis is not None else None
+    jax.block_until_ready(compiled(params))
     return {
         "adjoint": adjoint_name,
         "n_steps": n_steps,
-        "max_rss_mb": _max_rss_mb(),
+        "batch": batch,
+        "width": width,
+        "temp_mb": None if temp is None else temp / 2**20,
+        "peak_rss_mb": _own_peak_rss_mb(),
         "baseline_rss_mb": baseline,
     }
 
@@ -58,9 +86,14 @@ def measure(adjoint_name: str, n_steps: int, batch: int = 256, width: int = 256)
 def measure_in_subprocess(
     adjoint_name: str, n_steps: int, batch: int = 256, width: int = 256, timeout: float = 1200
 ) -> dict:
-    """Run `measure` in a new Python process (so that max RSS is this step's alone)."""
+    """Run `measure` in a new, clean Python interpreter, so that its peak is its own."""
+    code = (
+        "import json, sys; from jode_experiments._neural_ode_memory import measure; "
+        f"print(json.dumps(measure({adjoint_name!r}, {int(n_steps)}, {int(batch)}, "
+        f"{int(width)})))"
+    )
     out = subprocess.run(
-        [sys.executable, "-m", __name__, adjoint_name, str(n_steps), str(batch), str(width)],
+        [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -69,9 +102,3 @@ def measure_in_subprocess(
     if out.returncode != 0:
         raise RuntimeError(f"memory measurement failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-if __name__ == "__main__":
-    argv = sys.argv[1:]
-    ints = [int(a) for a in argv[1:]]
-    print(json.dumps(measure(argv[0], *ints)))

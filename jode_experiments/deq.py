@@ -218,13 +218,65 @@ def _load_mnist():
     return flat(xtr), np.asarray(ytr, np.int32), flat(xte), np.asarray(yte, np.int32)
 
 
+def cos_figure(rows, out_dir: Path, quick: bool = False):
+    """The cobweb of z <- cos z, and each solver's residual per iteration."""
+    from jode_experiments.plot import integer_ticks, pyplot, savefig
+
+    fig, (a1, a2) = pyplot().subplots(1, 2, figsize=(11, 4))
+    _cobweb(a1)
+    for name, r in rows.items():
+        a2.semilogy(np.maximum(r["residuals"], 1e-17), label=f"{name} ({r['steps']} steps)")
+    a2.set(xlabel="iteration (solver step)", ylabel="residual |cos z − z|",
+           title="residual from z0 = −1")
+    integer_ticks(a2, "x")
+    a2.legend(fontsize=8)
+    savefig(fig, out_dir / "cos_fixed_point.png", quick)
+
+
+def linear_figure(x, pred, out_dir: Path, quick: bool = False):
+    """A DEQ's prediction of y = 2x on test points."""
+    from jode_experiments.plot import pyplot, savefig
+
+    fig, ax = pyplot().subplots(figsize=(5, 4))
+    ax.plot(x, 2 * x, "k-", label="target y = 2x")
+    ax.plot(x, pred, "o", ms=4, label="DEQ prediction")
+    ax.set(xlabel="x (dimensionless)", ylabel="y (dimensionless)", title="a DEQ learning y = 2x")
+    ax.legend()
+    savefig(fig, out_dir / "deq_linear.png", quick)
+
+
+def digits_figure(losses: dict, out_dir: Path, quick: bool = False):
+    """`losses`: model name -> the last batch's loss after each epoch."""
+    from jode_experiments.plot import integer_ticks, pyplot, savefig
+
+    fig, ax = pyplot().subplots(figsize=(6, 4))
+    for name, loss in losses.items():
+        ax.plot(np.arange(1, len(loss) + 1), loss, "o-", label=name)
+    ax.set(xlabel="epoch", ylabel="last batch loss (cross-entropy, nats)", yscale="log",
+           title="digits training")
+    integer_ticks(ax, "x")
+    ax.legend()
+    savefig(fig, out_dir / "digits_training.png", quick)
+
+
+def memory_figure(budgets, temp_bytes, out_dir: Path, quick: bool = False):
+    """Compiled scratch memory of a training step against the forward iteration budget."""
+    from jode_experiments.plot import pyplot, savefig
+
+    fig, ax = pyplot().subplots(figsize=(5, 4))
+    ax.plot(budgets, [b / 1e6 for b in temp_bytes], "o-", label="DEQ, implicit gradients")
+    ax.set(xlabel="forward iteration budget (iterations)", ylabel="compiled temp memory (MB)",
+           xscale="log", title="training-step memory", ylim=(0, None))
+    ax.set_xticks(budgets, [str(b) for b in budgets])
+    ax.minorticks_off()
+    ax.legend()
+    savefig(fig, out_dir / "deq_memory.png", quick)
+
+
 def run(out_dir: Path, quick: bool) -> dict:
     jax.config.update("jax_enable_x64", True)
     from jode.fixed_point import SteadyState
     from jode_experiments.data import load_digits
-    from jode_experiments.plot import pyplot, savefig
-
-    plt = pyplot()
     metrics = {}
 
     # 1. cos z = z.
@@ -232,13 +284,7 @@ def run(out_dir: Path, quick: bool) -> dict:
     metrics["cos"] = {
         k: {kk: v for kk, v in r.items() if kk != "residuals"} for k, r in rows.items()
     }
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    _cobweb(a1)
-    for name, r in rows.items():
-        a2.semilogy(np.maximum(r["residuals"], 1e-17), label=f"{name} ({r['steps']})")
-    a2.set(xlabel="iteration (ODE step)", ylabel="|cos z - z|", title="residual from z0 = -1")
-    a2.legend(fontsize=8)
-    savefig(fig, out_dir / "cos_fixed_point.png")
+    cos_figure(rows, out_dir, quick)
 
     # 2. y = 2x by a DEQ.
     key = jr.PRNGKey(0)
@@ -266,12 +312,7 @@ def run(out_dir: Path, quick: bool) -> dict:
     metrics["linear"] = dict(
         train_mse=float(mse), test_max_error=float(np.max(np.abs(pred - 2 * x_test)))
     )
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.plot(x_test[:, 0], 2 * x_test[:, 0], "k-", label="target y = 2x")
-    ax.plot(x_test[:, 0], pred[:, 0], "o", ms=4, label="DEQ prediction")
-    ax.set(xlabel="x", ylabel="y", title="a DEQ learning y = 2x")
-    ax.legend()
-    savefig(fig, out_dir / "deq_linear.png")
+    linear_figure(x_test[:, 0], pred[:, 0], out_dir, quick)
 
     # 3. digits: DEQ (Anderson), DEQ (steady-state ODE), explicit network.
     x_train, y_train, x_test, y_test = load_digits()
@@ -301,12 +342,7 @@ def run(out_dir: Path, quick: bool) -> dict:
     metrics["digits"] = table
     metrics["digits_deq_accuracy"] = table["DEQ (Anderson)"]["test_accuracy"]
     metrics["digits_target_met"] = bool(metrics["digits_deq_accuracy"] >= 0.97)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, log in runs.items():
-        ax.plot(np.arange(1, len(log["loss"]) + 1), log["loss"], "o-", label=name)
-    ax.set(xlabel="epoch", ylabel="last batch loss", yscale="log", title="digits training")
-    ax.legend()
-    savefig(fig, out_dir / "digits_training.png")
+    digits_figure({name: log["loss"] for name, log in runs.items()}, out_dir, quick)
 
     mnist = None if quick else _load_mnist()
     metrics["mnist"] = "IDX files not found (set JODE_MNIST_DIR)" if mnist is None else None
@@ -324,12 +360,7 @@ def run(out_dir: Path, quick: bool) -> dict:
     metrics["memory_temp_bytes"] = mem
     metrics["memory_ratio_10x_budget"] = mem[100] / mem[10]
     metrics["memory_target_met"] = bool(metrics["memory_ratio_10x_budget"] <= 1.2)
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.plot(budgets, [mem[b] / 1e6 for b in budgets], "o-", label="implicit gradients")
-    ax.set(xlabel="forward iteration budget", ylabel="compiled temp memory (MB)",
-           xscale="log", title="training-step memory", ylim=(0, None))
-    ax.legend()
-    savefig(fig, out_dir / "deq_memory.png")
+    memory_figure(budgets, [mem[b] for b in budgets], out_dir, quick)
     metrics["cos_target_met"] = bool(
         all(r["error"] <= 1e-12 and r["status"] == 0 for r in rows.values())
     )

@@ -203,10 +203,12 @@ def _contour(ax, key):
     else:
         ax.contour(gx, gy, z, levels, cmap="viridis", linewidths=0.6)
     m = np.asarray(test.minimizers)
-    ax.plot(m[:, 0], m[:, 1], "k*", ms=12)
+    ax.plot(m[:, 0], m[:, 1], "k*", ms=12, label="global minimum")
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
-    ax.set_title(test.name)
+    ax.set_xlabel("θ₁ (dimensionless)")
+    ax.set_ylabel("θ₂ (dimensionless)")
+    ax.set_title(f"{test.name}: optimizer paths over the contours of f")
 
 
 COLORS = {
@@ -223,7 +225,7 @@ COLORS = {
 }
 
 
-def path_figure(out_dir: Path, all_paths: dict):
+def path_figure(out_dir: Path, all_paths: dict, quick: bool = False):
     from jode_experiments.plot import pyplot, savefig
 
     plt = pyplot()
@@ -232,22 +234,25 @@ def path_figure(out_dir: Path, all_paths: dict):
         _contour(ax, key)
         for kind, p in paths.items():
             ax.plot(p[:, 0], p[:, 1], ".-", color=COLORS[kind], lw=1.2, ms=3, label=kind)
-        ax.plot(*next(iter(paths.values()))[0], "ko", ms=6)
-    np.atleast_1d(axes)[0].legend(fontsize=8, loc="upper left")
-    return savefig(fig, out_dir / "paths.png")
+        ax.plot(*next(iter(paths.values()))[0], "ko", ms=6, label="start")
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return savefig(fig, out_dir / "paths.png", quick)
 
 
-def path_gif(out_dir: Path, key: str, paths: dict, frames: int):
+def path_gif(out_dir: Path, key: str, paths: dict, frames: int, quick: bool = False):
     """Animated paths (matplotlib.animation with the pillow writer), like the article's."""
     from matplotlib import animation
 
-    from jode_experiments.plot import pyplot
+    from jode_experiments.plot import mark_quick, pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     _contour(ax, key)
     lines = {k: ax.plot([], [], ".-", color=COLORS[k], lw=1.5, ms=4, label=k)[0] for k in paths}
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left")
+    if quick:
+        mark_quick(fig)
 
     def draw(i):
         for k, line in lines.items():
@@ -507,8 +512,8 @@ def run_functions(out_dir: Path, quick: bool) -> dict:
     for key in keys:
         knobs = {k: v["setting"] for k, v in functions[key].items()}
         all_paths[key] = _paths(key, names, knobs, starts[key], 40 if quick else 80)
-    path_figure(out_dir, all_paths)
-    path_gif(out_dir, "camel", all_paths["camel"], 8 if quick else 60)
+    path_figure(out_dir, all_paths, quick)
+    path_gif(out_dir, "camel", all_paths["camel"], 8 if quick else 60, quick)
     return metrics
 
 

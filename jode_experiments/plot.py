@@ -26,10 +26,64 @@ def _in_notebook() -> bool:
         return False
 
 
-def savefig(fig, path: Path) -> Path:
-    """Save and close a figure, creating the folder; returns the path."""
+def savefig(fig, path: Path, quick: bool = False) -> Path:
+    """Save and close a figure, creating the folder; returns the path.
+
+    With `quick=True` the figure first gets the quick-configuration label (`mark_quick`).
+    """
     path = Path(path)
+    if quick:
+        mark_quick(fig)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     pyplot().close(fig)
     return path
+
+
+#: The text a figure made by `jode reproduce --quick` carries.
+QUICK_LABEL = "quick configuration: reduced sizes, not the published numbers"
+
+
+def mark_quick(fig) -> None:
+    """Stamp `fig` with `QUICK_LABEL` (bottom right, on the figure, not an axes)."""
+    fig.text(0.995, 0.005, QUICK_LABEL, ha="right", va="bottom", fontsize=7, color="0.35",
+             style="italic")
+
+
+def integer_ticks(ax, axis: str = "x") -> None:
+    """Ticks at whole numbers only, for axes that count (years, epochs, iterations)."""
+    from matplotlib.ticker import MaxNLocator
+
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.set_major_locator(MaxNLocator(integer=True))
+
+
+def fmt(x, digits: int = 4) -> str:
+    """A number (or a sequence of numbers) for people: `2`, `0.5`, `(2, 0.5)`; never a
+    NumPy repr such as `np.float64(2.0)`."""
+    import numpy as np
+
+    arr = np.asarray(x)
+    if arr.ndim == 0:
+        return f"{float(arr):.{digits}g}"
+    return "(" + ", ".join(f"{float(v):.{digits}g}" for v in arr.ravel()) + ")"
+
+
+def progress(items, desc: str, enabled: bool = True):
+    """Iterate `items` with a tqdm bar whose rate and ETA leave out the first item.
+
+    The first item usually compiles (seconds to minutes) and the rest reuse it, so the bar
+    starts after the first item with `initial=1`: its ETA is the steady-state rate's.
+    """
+    items = list(items)
+    if not enabled or not items:
+        yield from items
+        return
+    from tqdm.auto import tqdm
+
+    print(f"{desc}: 1/{len(items)} (compiling)", flush=True)
+    yield items[0]
+    with tqdm(total=len(items), initial=1, desc=desc, dynamic_ncols=True, mininterval=1) as bar:
+        for item in items[1:]:
+            yield item
+            bar.update(1)

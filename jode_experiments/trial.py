@@ -105,7 +105,7 @@ def train_one(pp, config: dict, steps: dict, seed: int = 0, progress: bool = Tru
     return sol, report, metrics
 
 
-def _plot_odes(results, out_dir: Path):
+def _plot_odes(results, out_dir: Path, quick: bool = False):
     from jode_experiments.plot import pyplot, savefig
 
     plt = pyplot()
@@ -123,21 +123,21 @@ def _plot_odes(results, out_dir: Path):
         dt = np.asarray(sol.evaluate(xt) - pp.exact(xt))
         if dev.ndim == 2:
             for k in range(dev.shape[1]):
-                ax.plot(xf, dev[:, k], label=f"ψ{k + 1}")
-            ax.legend(fontsize=7)
+                ax.plot(xf, dev[:, k], label=f"ψ{k + 1}: trial − exact")
         else:
-            ax.plot(xf, dev, lw=1)
-            ax.plot(xt, dt, "o", ms=3)
-        ax.axvline(b, color="k", lw=0.5, ls=":")
+            ax.plot(xf, dev, lw=1, label="trial − exact")
+            ax.plot(xt, dt, "o", ms=3, label="at the training points")
+        ax.axvline(b, color="k", lw=0.5, ls=":", label="end of the training domain")
+        ax.legend(fontsize=6)
         ax.set_title(pp.title, fontsize=8)
         ax.set_ylabel("ψ_t − ψ_exact", fontsize=8)
+        ax.set_xlabel("x (dimensionless)", fontsize=8)
         ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
-    axes[-1, 0].set_xlabel("x (dotted: end of the training domain)")
     fig.tight_layout()
-    return savefig(fig, out_dir / "ode_deviation.png")
+    return savefig(fig, out_dir / "ode_deviation.png", quick)
 
 
-def _plot_pdes(results, out_dir: Path):
+def _plot_pdes(results, out_dir: Path, quick: bool = False):
     from jode_experiments.plot import pyplot, savefig
 
     plt = pyplot()
@@ -152,12 +152,12 @@ def _plot_pdes(results, out_dir: Path):
         r = results[name]
         err = np.asarray(r["solution"].evaluate(pts) - r["problem"].exact(pts)).reshape(101, 101)
         im = ax.imshow(err.T, origin="lower", extent=(0, 1, 0, 1), cmap="RdBu_r")
-        fig.colorbar(im, ax=ax, format="%.0e", shrink=0.8)
+        fig.colorbar(im, ax=ax, format="%.0e", shrink=0.8, label="ψ_t − ψ_exact")
         ax.set_title(f"{r['problem'].title}\nψ_t − ψ_exact", fontsize=7)
-        ax.set_xlabel("x")
-        ax.set_ylabel("y")
+        ax.set_xlabel("x (dimensionless)")
+        ax.set_ylabel("y (dimensionless)")
     fig.tight_layout()
-    return savefig(fig, out_dir / "pde_error.png")
+    return savefig(fig, out_dir / "pde_error.png", quick)
 
 
 def format_table(rows: dict) -> str:
@@ -196,8 +196,8 @@ def run(out_dir: Path, quick: bool) -> dict:
         results[name] = dict(problem=pp, solution=sol, config=cfg)
         rows[name] = dict(metrics, baseline=base, points=cfg["points"], hidden=cfg["hidden"],
                           loss=report.loss, time_s=report.time_s, report=report.as_dict())
-    _plot_odes(results, out_dir)
-    _plot_pdes(results, out_dir)
+    _plot_odes(results, out_dir, quick)
+    _plot_pdes(results, out_dir, quick)
     table = format_table(rows)
     (out_dir / "table.md").write_text(table + "\n")
     print(table)
