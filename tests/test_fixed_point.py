@@ -220,6 +220,48 @@ def test_nonfinite_and_noncontractive_maps_get_clear_statuses():
     np.testing.assert_allclose(sol.value, 0.0, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_a_map_without_fixed_point_never_converges(name):
+    # z -> z + 1 has no fixed point: its residual is 1 wherever z runs. A tolerance relative
+    # to |z| would be met once |z| > 1/rtol; the residual bound may not depend on |z|.
+    sol = fixed_point(lambda z, a: z + 1.0, jnp.zeros(()), solver=SOLVERS[name], throw=False,
+                      max_steps=256)
+    assert int(sol.status) != FixedPointStatus.CONVERGED
+    assert not bool(sol.converged)
+    if name == "steady_state":
+        # The flow z' = 1 runs away: stopped once it is 1e6 first residuals from z0.
+        assert int(sol.status) == FixedPointStatus.DIVERGED
+        assert 1e6 <= float(sol.value) <= 2e6
+        assert float(sol.residual) == pytest.approx(1.0, rel=1e-9)
+
+
+def test_repelling_fixed_point_diverges_without_suggesting_damping():
+    # z* = -1 of z -> 2z + 1 repels (slope 2): damping keeps the map expansive, so the
+    # message must point elsewhere; Newton, which needs no contraction, finds z* exactly.
+    with pytest.raises(Exception, match="ran away") as info:
+        fixed_point(lambda z, a: 2 * z + 1.0, jnp.zeros(()), solver=FixedPointIteration())
+    assert "damping" not in str(info.value)
+    assert "Newton" in str(info.value)
+    for solver in (SteadyState(), FixedPointIteration()):
+        sol = fixed_point(lambda z, a: 2 * z + 1.0, jnp.zeros(()), solver=solver, throw=False)
+        assert int(sol.status) == FixedPointStatus.DIVERGED
+    sol = fixed_point(lambda z, a: 2 * z + 1.0, jnp.zeros(()), solver=Newton(), atol=1e-12)
+    assert float(sol.value) == pytest.approx(-1.0, abs=1e-12)
+
+
+def test_statuses_are_the_shared_results():
+    import jode
+
+    assert FixedPointStatus is jode.RESULTS
+    values = [int(r) for r in jode.RESULTS]
+    assert len(set(values)) == len(values) == len(jode.RESULTS.__members__)
+    # A failed solve inside SteadyState keeps its own meaning: an explicit solver on the
+    # stiff flow z' = -1e9 (z - 1) with max_steps=3 runs out of steps (not "non-finite").
+    sol = fixed_point(lambda z, a: z - 1e9 * (z - 1.0), jnp.zeros(()),
+                      solver=SteadyState(), max_steps=3, throw=False)
+    assert int(sol.status) == jode.RESULTS.MAX_STEPS
+
+
 def test_backward_memory_does_not_grow_with_forward_budget():
     w = jr.normal(jr.PRNGKey(1), (32, 32)) * 0.05
     f = lambda z, a: jnp.tanh(a @ z + 1.0)  # noqa: E731

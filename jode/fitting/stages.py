@@ -13,7 +13,6 @@ Wright (2006), *Numerical Optimization*, Alg. 3.5-3.6.
 
 from __future__ import annotations
 
-import enum
 from typing import NamedTuple
 
 import equinox as eqx
@@ -21,25 +20,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from .._results import RESULTS
 
-class FitStatus(enum.IntEnum):
-    """Why a stage stopped."""
-
-    RUNNING = 0
-    CONVERGED = 1
-    MAX_STEPS = 2
-    NONFINITE = 3
-
-    @property
-    def message(self) -> str:
-        return {
-            FitStatus.RUNNING: "the stage is still running",
-            FitStatus.CONVERGED: "converged: the gradient norm or the loss change fell below "
-            "the stage's tolerance",
-            FitStatus.MAX_STEPS: "the stage used all its steps; raise steps= for a tighter fit",
-            FitStatus.NONFINITE: "the loss or its gradient became NaN/inf (the solve failed "
-            "for these parameters); lower the learning rate, or start nearer",
-        }[self]
+#: Why a stage stopped: the shared `jode.RESULTS` (RUNNING while it iterates, then
+#: CONVERGED, MAX_STEPS or NONFINITE); the name is kept for code written against it.
+FitStatus = RESULTS
 
 
 class Adam(eqx.Module):

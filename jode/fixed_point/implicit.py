@@ -7,7 +7,8 @@ the vector-Jacobian product is
 
 the adjoint linear system (I - ∂f/∂z)ᵀ u = g written as a fixed point. Any fixed-point
 solver solves (1) using only vector-Jacobian products of f at z*: plain iteration is the
-Neumann series, Anderson accelerates it, Newton solves it by one GMRES solve, SteadyState
+Neumann series, Anderson accelerates it, Newton solves (I - ∂f/∂z)ᵀ u = g directly by one
+GMRES solve (`lineax.linear_solve`), SteadyState
 integrates du/dt = g + (∂f/∂z)ᵀ u - u. The backward pass keeps only z* and θ, so its memory
 does not depend on the number of forward iterations.
 
@@ -22,10 +23,12 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 from jax.flatten_util import ravel_pytree
 
-from .result import FixedPointStatus, max_norm
-from .solvers import AbstractFixedPointSolver
+from .._results import RESULTS
+from .result import max_norm
+from .solvers import AbstractFixedPointSolver, Newton, gmres_solver
 
 
 class ImplicitAdjoint(eqx.Module):
@@ -99,11 +102,21 @@ def _bwd(z_star, grad_obj, perturbed, params, z0, solver, adjoint, unravel, cfg)
         divergence_ratio=cfg["divergence_ratio"],
         trace=False,
     )
-    res = solver_b.run(lambda u: g + vjp_z(u)[0], g, **cfg_b)
-    u = res.z
+    if isinstance(solver_b, Newton):
+        # The adjoint system is linear: one Krylov solve, no Newton iterations around it.
+        operator = lx.FunctionLinearOperator(
+            lambda u: u - vjp_z(u)[0], jax.ShapeDtypeStruct(g.shape, g.dtype)
+        )
+        linear = lx.linear_solve(operator, g, gmres_solver(solver_b, g.size), throw=False)
+        u = linear.value
+        failed = linear.result != lx.RESULTS.successful
+    else:
+        res = solver_b.run(lambda u: g + vjp_z(u)[0], g, **cfg_b)
+        u = res.z
+        failed = res.status != RESULTS.CONVERGED
     if adjoint.throw:
         u = eqx.error_if(
-            u, res.status != FixedPointStatus.CONVERGED,
+            u, failed,
             "the adjoint solve of jode.fixed_point's implicit gradient did not converge; "
             "raise ImplicitAdjoint(max_steps=...) or use ImplicitAdjoint(solver=Newton())",
         )

@@ -1,10 +1,12 @@
 """The iteration loop shared by every step-wise solver: convergence, divergence, trace.
 
 A solver works on a flat vector z and a map `fn(z) -> f(z)`; it supplies `init` and `step`
-and this loop decides when to stop. Stopping rules, checked after every step:
-- converged: |f(z) - z| <= atol + rtol |f(z)| in every component;
+and this loop decides when to stop. With r(z) = max|f(z) - z|, checked after every step:
+- converged: r(z) <= atol + rtol r(z_0) (a bound independent of |z|: see
+  `result.within_tolerance`);
 - non-finite: f(z) or z is NaN/inf (the step is rejected: the last finite iterate stays);
-- diverged: max|f(z) - z| > divergence_ratio * (smallest residual seen so far);
+- diverged: r(z) > divergence_ratio * (smallest residual seen so far), or the iterates
+  moved further than divergence_ratio first residuals from z_0 (`result.ran_away`);
 - otherwise iterate until max_steps.
 """
 
@@ -15,7 +17,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from .result import RUNNING, FixedPointStatus, max_norm, within_tolerance
+from .._results import RESULTS
+from .result import RUNNING, max_norm, ran_away, within_tolerance
 
 
 class RawResult(NamedTuple):
@@ -41,15 +44,18 @@ class _Carry(NamedTuple):
     residuals: jax.Array | None
 
 
-def _classify(z, fz, residual, best, rtol, atol, divergence_ratio):
+def _classify(z, fz, residual, best, z0, r0, rtol, atol, divergence_ratio):
     finite = jnp.all(jnp.isfinite(z)) & jnp.all(jnp.isfinite(fz))
+    diverged = (residual > divergence_ratio * best) | ran_away(
+        z, z0, r0, divergence_ratio, atol
+    )
     status = jnp.where(
         ~finite,
-        FixedPointStatus.NONFINITE,
+        RESULTS.NONFINITE,
         jnp.where(
-            within_tolerance(z, fz, rtol, atol),
-            FixedPointStatus.CONVERGED,
-            jnp.where(residual > divergence_ratio * best, FixedPointStatus.DIVERGED, RUNNING),
+            within_tolerance(residual, r0, rtol, atol),
+            RESULTS.CONVERGED,
+            jnp.where(diverged, RESULTS.DIVERGED, RUNNING),
         ),
     )
     return finite, status.astype(jnp.int32)
@@ -62,7 +68,9 @@ def iterate(solver, fn, z0, *, rtol, atol, max_steps, divergence_ratio, trace) -
     atol = jnp.asarray(atol, dtype)
     fz0 = fn(z0)
     r0 = max_norm(fz0 - z0)
-    _, status0 = _classify(z0, fz0, r0, jnp.asarray(jnp.inf, dtype), rtol, atol, divergence_ratio)
+    _, status0 = _classify(
+        z0, fz0, r0, jnp.asarray(jnp.inf, dtype), z0, r0, rtol, atol, divergence_ratio
+    )
     residuals = None
     if trace:
         residuals = jnp.full((max_steps + 1,), jnp.nan, dtype).at[0].set(r0)
@@ -77,7 +85,9 @@ def iterate(solver, fn, z0, *, rtol, atol, max_steps, divergence_ratio, trace) -
     def body(c):
         z1, fz1, state, nfev = solver.step(fn, c.z, c.fz, c.state)
         residual = max_norm(fz1 - z1)
-        finite, status = _classify(z1, fz1, residual, c.best, rtol, atol, divergence_ratio)
+        finite, status = _classify(
+            z1, fz1, residual, c.best, z0, r0, rtol, atol, divergence_ratio
+        )
         keep = lambda new, old: jax.tree.map(  # noqa: E731
             lambda a, b: jnp.where(finite, a, b), new, old
         )
@@ -93,7 +103,7 @@ def iterate(solver, fn, z0, *, rtol, atol, max_steps, divergence_ratio, trace) -
         )
 
     final = jax.lax.while_loop(cond, body, init)
-    status = jnp.where(final.status == RUNNING, FixedPointStatus.MAX_STEPS, final.status)
+    status = jnp.where(final.status == RUNNING, RESULTS.MAX_STEPS, final.status)
     return RawResult(
         z=final.z, status=status.astype(jnp.int32), steps=final.steps, nfev=final.nfev,
         residual=final.residual, residuals=final.residuals,

@@ -11,22 +11,25 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from .._results import RESULTS
 from ..ode.adjoint import ForwardMode
 from ..ode.explicit import Tsit5
-from ..ode.solution import Status
 from ..ode.solve import SaveAt, solve
 from .loop import RawResult
-from .result import FixedPointStatus, max_norm, within_tolerance
+from .result import max_norm, ran_away, within_tolerance
 from .solvers import AbstractFixedPointSolver
 
 
 class SteadyState(AbstractFixedPointSolver):
     """Find z = f(z) as the steady state of dz/dt = f(z) - z, integrated by `jode.solve`.
 
-    The solve stops after the first accepted step where |f(z) - z| <= atol + rtol |f(z)|
-    (the fixed-point tolerance), or when the residual exceeds `divergence_ratio` times
-    its initial value. `steps` counts accepted ODE steps; with `trace=True` the residual
-    is evaluated at every accepted step after the solve (one more f evaluation per step).
+    The solve stops after the first accepted step where max|f(z) - z| <= atol + rtol
+    max|f(z_0) - z_0| (the fixed-point tolerance), or when the residual exceeds
+    `divergence_ratio` times its initial value or the state has moved further than
+    `divergence_ratio` initial residuals (a run-away flow: DIVERGED). A failed ODE solve
+    reports its own status (e.g. DT_UNDERFLOW, NEWTON_FAILED). `steps` counts accepted ODE
+    steps; with `trace=True` the residual is evaluated at every accepted step after the
+    solve (one more f evaluation per step).
 
     Args:
         solver: the ODE solver (an adaptive `jode` solver; default `jode.Tsit5()`).
@@ -59,11 +62,14 @@ class SteadyState(AbstractFixedPointSolver):
         def field(t, z, args):
             return fn(z) - z
 
+        def diverged(z, fz):
+            return (max_norm(fz - z) > divergence_ratio * r0) | ran_away(
+                z, z0, r0, divergence_ratio, atol
+            )
+
         def stop(t, z, args):
             fz = fn(z)
-            return within_tolerance(z, fz, rtol, atol) | (
-                max_norm(fz - z) > divergence_ratio * r0
-            )
+            return within_tolerance(max_norm(fz - z), r0, rtol, atol) | diverged(z, fz)
 
         # The ODE solver leaves an error of about its tolerance in the state; a tenth of the
         # fixed-point tolerance keeps that below the stopping threshold.
@@ -85,22 +91,23 @@ class SteadyState(AbstractFixedPointSolver):
         else:
             z = sol.ys[0]
             residuals = None
-        already = within_tolerance(z0, fz0, rtol, atol)
+        already = within_tolerance(r0, r0, rtol, atol)
         z = jnp.where(already, z0, z)
         fz = fn(z)
         residual = max_norm(fz - z)
         finite = jnp.all(jnp.isfinite(fz))
-        ode_failed = (sol.status == Status.NONFINITE) | (sol.status == Status.DT_UNDERFLOW)
+        # The solve's own failures pass through unchanged (one vocabulary: RESULTS).
+        solve_failed = (sol.status != RESULTS.SUCCESS) & (sol.status != RESULTS.EVENT)
         status = jnp.where(
-            within_tolerance(z, fz, rtol, atol),
-            FixedPointStatus.CONVERGED,
+            within_tolerance(residual, r0, rtol, atol),
+            RESULTS.CONVERGED,
             jnp.where(
-                ~finite | ode_failed,
-                FixedPointStatus.NONFINITE,
+                ~finite,
+                RESULTS.NONFINITE,
                 jnp.where(
-                    residual > divergence_ratio * r0,
-                    FixedPointStatus.DIVERGED,
-                    FixedPointStatus.MAX_STEPS,
+                    diverged(z, fz),
+                    RESULTS.DIVERGED,
+                    jnp.where(solve_failed, sol.status, RESULTS.MAX_STEPS),
                 ),
             ),
         ).astype(jnp.int32)

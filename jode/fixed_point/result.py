@@ -2,48 +2,41 @@
 
 from __future__ import annotations
 
-import enum
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .._results import RESULTS
+from .._results import status_messages as _status_messages
 
-class FixedPointStatus(enum.IntEnum):
-    """Why a fixed-point solve stopped; `FixedPointStatus(int(s)).message` suggests a fix."""
+#: The fixed-point statuses are the shared `jode.RESULTS` (CONVERGED, MAX_STEPS, DIVERGED,
+#: NONFINITE, and the solve's own when `SteadyState` integrates); the name is kept for code
+#: written against it.
+FixedPointStatus = RESULTS
 
-    CONVERGED = 0
-    MAX_STEPS = 1
-    DIVERGED = 2
-    NONFINITE = 3
+#: The loop is still iterating (never returned to users).
+RUNNING = RESULTS.RUNNING
 
-    @property
-    def message(self) -> str:
-        return _MESSAGES[self]
-
-
-# Internal: the loop is still iterating (never returned to users).
-RUNNING = -1
-
-_MESSAGES = {
-    FixedPointStatus.CONVERGED: "the residual |f(z) - z| met the tolerance",
-    FixedPointStatus.MAX_STEPS: "max_steps was reached before the residual met the "
-    "tolerance; the map may be barely contractive: raise max_steps, or use an accelerated "
-    "solver (jode.fixed_point.Anderson(), Broyden(), Newton())",
-    FixedPointStatus.DIVERGED: "the residual |f(z) - z| grew by more than divergence_ratio "
-    "over the best seen: the map is not contractive near the iterates; damp the iteration "
-    "(FixedPointIteration(damping=0.5)), start closer, or use Newton()",
-    FixedPointStatus.NONFINITE: "f(z) returned NaN or inf; the last finite iterate is "
-    "returned. Check f and its parameters, or damp the iteration",
+_HINTS = {
+    RESULTS.MAX_STEPS: "max_steps was reached before the residual met the tolerance; the "
+    "map may be barely contractive: raise max_steps, or use an accelerated solver "
+    "(jode.fixed_point.Anderson(), Broyden(), Newton())",
+    # No damping here: damping keeps an expansive map expansive (z = 2z + 1 stays so for
+    # every damping), so it is no fix for a run-away iteration.
+    RESULTS.DIVERGED: "the iteration ran away (the residual |f(z) - z| grew by more than "
+    "divergence_ratio over the best seen, or the iterates moved further than "
+    "divergence_ratio times the first residual): the map may have no fixed point near z0, "
+    "or a repelling one (|∂f/∂z| > 1 there), which plain and accelerated iterations cannot "
+    "reach; start closer, or use Newton(), which needs no contraction",
+    RESULTS.NONFINITE: "f(z) or the solver's next iterate was NaN or inf (for Newton(): "
+    "also a singular I - ∂f/∂z, as for a map without a fixed point); the last finite "
+    "iterate is returned. Check f and its parameters",
 }
 
 
 def status_messages() -> list[str]:
-    """Messages for `eqx.branched_error_if`, indexed by status value."""
-    return [
-        f"jode.fixed_point failed: {s.message}. Pass throw=False to inspect the result."
-        for s in FixedPointStatus
-    ]
+    """Messages for `eqx.branched_error_if`, indexed by `RESULTS` value."""
+    return _status_messages("jode.fixed_point", _HINTS)
 
 
 class FixedPointSolution(eqx.Module):
@@ -52,7 +45,9 @@ class FixedPointSolution(eqx.Module):
     Attributes:
         value: the fixed point z* (the structure of z0). Differentiable: gradients come
             from the implicit function theorem, not from the iterations.
-        status: int array, a `FixedPointStatus` value; 0 is converged.
+        status: int array, a `jode.RESULTS` value: CONVERGED, MAX_STEPS, DIVERGED,
+            NONFINITE (or, for `SteadyState`, the ODE solve's own failure, e.g.
+            DT_UNDERFLOW).
         steps: iterations taken (for `SteadyState`: accepted ODE steps).
         nfev: evaluations of f (Jacobian-vector products inside Newton's GMRES are not
             counted).
@@ -70,18 +65,34 @@ class FixedPointSolution(eqx.Module):
 
     @property
     def converged(self) -> jax.Array:
-        return self.status == FixedPointStatus.CONVERGED
+        return self.status == RESULTS.CONVERGED
 
     @property
     def message(self) -> str:
         """The status message (for an unbatched, concrete result)."""
-        return FixedPointStatus(int(self.status)).message
+        return RESULTS(int(self.status)).message
 
 
 def max_norm(x: jax.Array) -> jax.Array:
     return jnp.max(jnp.abs(x)) if x.size else jnp.zeros((), x.dtype)
 
 
-def within_tolerance(z: jax.Array, fz: jax.Array, rtol, atol) -> jax.Array:
-    """|f(z) - z| <= atol + rtol |f(z)| componentwise (optimistix's criterion)."""
-    return jnp.all(jnp.abs(fz - z) <= atol + rtol * jnp.abs(fz))
+def within_tolerance(residual, first_residual, rtol, atol) -> jax.Array:
+    """max|f(z) - z| <= atol + rtol max|f(z_0) - z_0|: the residual reduced from the start.
+
+    The bound is independent of |z|, so an iteration that runs away with a constant
+    residual (z = z + 1) can never meet it, which a test relative to |f(z)| does (it is
+    met once |z| > 1/rtol). This is the termination test of Kelley (1995), *Iterative
+    Methods for Linear and Nonlinear Equations*, eq. (5.1): ‖F(z)‖ <= τ_r ‖F(z_0)‖ + τ_a.
+    """
+    return residual <= atol + rtol * first_residual
+
+
+def ran_away(z, z0, first_residual, divergence_ratio, atol) -> jax.Array:
+    """max|z - z_0| > divergence_ratio * max(max|f(z_0) - z_0|, atol).
+
+    For a contraction with constant q < 1, |z* - z_0| <= |f(z_0) - z_0| / (1 - q) (Banach's
+    a-priori estimate), so iterates that move further than `divergence_ratio` first
+    residuals belong to a map that is not contractive on their path (q > 1 - 1/ratio).
+    """
+    return max_norm(z - z0) > divergence_ratio * jnp.maximum(first_residual, atol)

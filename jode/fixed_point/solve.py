@@ -11,8 +11,8 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from .._jit import cached, check_fixed_point
-from ..ode.checks import _concrete, check_y0
 from .._results import RESULTS
+from ..ode.checks import _concrete, check_y0
 from .implicit import ImplicitAdjoint, floats_to_arrays, solve_implicit
 from .result import FixedPointSolution, status_messages
 from .solvers import AbstractFixedPointSolver, Anderson
@@ -88,10 +88,12 @@ def fixed_point(
 ) -> FixedPointSolution:
     """Solve z* = f(z*, args), differentiable in `args` by the implicit function theorem.
 
-    Stops when |f(z) - z| <= atol + rtol |f(z)| in every component (converged), when an
-    iterate is NaN/inf (non-finite: the last finite iterate is returned), when the
-    residual max|f(z) - z| exceeds `divergence_ratio` times the best seen (diverged), or
-    after `max_steps` iterations.
+    With r(z) = max|f(z) - z|, stops when r(z) <= atol + rtol r(z0) (converged: a bound
+    that no run-away iteration can meet, unlike one relative to |z|), when an iterate is
+    NaN/inf (non-finite: the last finite iterate is returned), when r(z) exceeds
+    `divergence_ratio` times the best seen or the iterates move further than
+    `divergence_ratio` times r(z0) from z0 (diverged), or after `max_steps` iterations.
+    The status is a `jode.RESULTS` member.
 
     Gradients (`jax.grad`, `jax.vjp`) with respect to `args` and to arrays closed over by
     `f` solve the adjoint system (I - ∂f/∂z)ᵀ u = g at z* (see `ImplicitAdjoint`), so memory

@@ -5,6 +5,11 @@ functions on flat vectors: `init(fn, z, fz) -> state` and
 `step(fn, z, fz, state) -> (z_next, f(z_next), state, f_evaluations)`. The shared loop in
 `loop.py` decides when to stop. `SteadyState` (the ODE route, `ode_route.py`) overrides
 `run` instead.
+
+Newton's linear systems are solved by lineax's GMRES. The loop itself is jode's, not
+`optimistix.fixed_point`/`root_find`: it records the residual trace, counts evaluations,
+and tells divergence from a spent budget (`jode.RESULTS`), which optimistix's solvers do
+not report; Anderson acceleration has no optimistix counterpart.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax.scipy.sparse.linalg import gmres
+import lineax as lx
 
 from .loop import RawResult, iterate
 
@@ -171,7 +176,7 @@ class Broyden(AbstractFixedPointSolver):
 class Newton(AbstractFixedPointSolver):
     """Jacobian-free Newton-Krylov on g(z) = f(z) - z = 0, with a backtracking line search.
 
-    Each step solves (∂f/∂z - I) δ = -(f(z) - z) by restarted GMRES using only
+    Each step solves (∂f/∂z - I) δ = -(f(z) - z) by restarted GMRES (lineax) using only
     Jacobian-vector products (`jax.linearize`), then halves the step until
     ‖g(z + αδ)‖ ≤ (1 - 10⁻⁴ α)‖g(z)‖ (Armijo), at most `max_backtracks` times.
     Quadratic convergence near a fixed point where I - ∂f/∂z is invertible; needs no
@@ -196,11 +201,7 @@ class Newton(AbstractFixedPointSolver):
 
     def step(self, fn, z, fz, state):
         g = fz - z
-        _, jvp = jax.linearize(fn, z)
-        delta, _ = gmres(
-            lambda v: jvp(v) - v, -g, tol=self.krylov_rtol, atol=0.0,
-            restart=min(self.restart, z.size), maxiter=self.krylov_maxiter,
-        )
+        delta = newton_direction(fn, z, g, self)
         norm0 = jnp.linalg.norm(g)
 
         def trial(alpha):
@@ -224,3 +225,29 @@ class Newton(AbstractFixedPointSolver):
         _, z1, fz1, _, tries = jax.lax.while_loop(cond, body, init)
         # linearize evaluates fn once; the trials once each.
         return z1, fz1, state, 2 + tries
+
+
+def _two_norm(x):
+    return jnp.sqrt(sum(jnp.vdot(leaf, leaf).real for leaf in jax.tree.leaves(x)))
+
+
+def gmres_solver(newton: Newton, n: int) -> lx.GMRES:
+    """lineax's restarted GMRES with Newton's settings: ‖Aδ - b‖₂ <= krylov_rtol ‖b‖₂."""
+    restart = max(1, min(newton.restart, n))
+    return lx.GMRES(
+        rtol=newton.krylov_rtol, atol=0.0, norm=_two_norm, restart=restart,
+        max_steps=restart * newton.krylov_maxiter,
+    )
+
+
+def newton_direction(fn, z, g, newton: Newton):
+    """δ solving (∂f/∂z - I) δ = -g by GMRES on Jacobian-vector products.
+
+    An inexact direction (GMRES stopped by its budget) is still a descent candidate: the
+    line search decides, so the linear solve's status is not an error here.
+    """
+    _, jvp = jax.linearize(fn, z)
+    operator = lx.FunctionLinearOperator(
+        lambda v: jvp(v) - v, jax.ShapeDtypeStruct(z.shape, z.dtype)
+    )
+    return lx.linear_solve(operator, -g, gmres_solver(newton, z.size), throw=False).value
