@@ -85,8 +85,8 @@ class _Carry(NamedTuple):
     dense_coeffs: jax.Array | None
     solver_state: object = None  # implicit solvers: Jacobian, counters (see implicit.py)
     active: jax.Array | bool = True  # the loop condition, kept current by the body
-
     event: object = None  # events.EventState: conditions now and the step they crossed in
+
 
 class _Problem(NamedTuple):
     """Everything static or traced that the loop body needs, besides the carry."""
@@ -103,9 +103,9 @@ class _Problem(NamedTuple):
     jump_ts: jax.Array | None
     max_steps: int
     stop: object = None  # flat terminating condition (t, y, args) -> bool, or None
-
     event: object = None  # flat event conditions (t, y, args) -> (n_events,), or None
     event_dirs: object = None  # (n_events,) +1, -1 or 0 (either direction)
+
 
 def _coeff_degree(solver, y):
     probe = jax.eval_shape(
@@ -210,13 +210,13 @@ def _body(prob: _Problem, args, c: _Carry) -> _Carry:
     if prob.stop is not None:
         stopped = take & prob.stop(t_end, res.y1, args)
         new["status"] = jnp.where(stopped, Status.EVENT, new["status"]).astype(c.status.dtype)
-    if c.solver_state is not None:
     if prob.event is not None:
         # A crossing ends the loop; the root inside the step is located after it (events.py).
         fired, new["event"] = ev.step_update(
             prob.event, prob.event_dirs, c.event, take, c.t, h, res.y1, res.coeffs, args
         )
         new["status"] = jnp.where(fired, Status.EVENT, new["status"]).astype(c.status.dtype)
+    if c.solver_state is not None:
         new["solver_state"] = jax.tree.map(
             lambda a, b: jnp.where(can_step, a, b), res.state, c.solver_state
         )
@@ -333,6 +333,7 @@ def solve(
     controller=None,
     jump_ts=None,
     stop=None,
+    event=None,
     adjoint: AbstractAdjoint | None = None,
     max_steps: int = 4096,
     backend: str = "jode",
@@ -359,6 +360,16 @@ def solve(
         stop: a terminating condition stop(t, y, args) -> bool, checked after every
             accepted step; when true the solve ends there with status `Status.EVENT`
             (a success). E.g. a steady state: `lambda t, y, a: norm(f(t, y, a)) < 1e-8`.
+            It is the special case of an event without root finding: the solve ends at
+            the end of the first step where the condition holds (no `sol.event_t`).
+        event: a `jode.Event`, or a tuple/list of them: the solve ends where a condition
+            g(t, y, args) crosses zero, located inside the step by root finding on the
+            dense output. Then `sol.status` is `Status.EVENT` (a success), `sol.event_t`
+            (also `sol.t1`) the event time, `sol.event_y` the state there,
+            `sol.event_index` which event fired (-1 if none did: event_t/event_y are NaN);
+            saves after the event are inf and `sol.evaluate` is NaN past it. The event
+            time is differentiable (implicit function theorem); see `jode.Event`. Not
+            with `stop=` nor with `BacksolveAdjoint`.
         adjoint: how gradients flow: `jode.DirectAdjoint()` (default),
             `jode.BacksolveAdjoint()`, `jode.ForwardMode()`.
         max_steps: bound on the number of steps.
@@ -372,7 +383,6 @@ def solve(
         ValueError: on bad input, before tracing; and, with `throw=True`, a runtime error
             naming the failure and a fix.
 
-    event=None,
     Example:
         >>> sol = jode.solve(lambda t, y, a: -a * y, 1.0, 0.0, 1.0, args=2.0, saveat=ts)
     """
@@ -399,16 +409,6 @@ def solve(
         saveat = SaveAt(t1=True, dense=saveat.dense)
     checks.check_y0(y0)
     checks.check_interval(t0, t1, dt0, n_steps, max_steps)
-            It is the special case of an event without root finding: the solve ends at
-            the end of the first step where the condition holds (no `sol.event_t`).
-        event: a `jode.Event`, or a tuple/list of them: the solve ends where a condition
-            g(t, y, args) crosses zero, located inside the step by root finding on the
-            dense output. Then `sol.status` is `Status.EVENT` (a success), `sol.event_t`
-            (also `sol.t1`) the event time, `sol.event_y` the state there,
-            `sol.event_index` which event fired (-1 if none did: event_t/event_y are NaN);
-            saves after the event are inf and `sol.evaluate` is NaN past it. The event
-            time is differentiable (implicit function theorem); see `jode.Event`. Not
-            with `stop=` nor with `BacksolveAdjoint`.
     checks.check_tolerances(rtol, atol)
     checks.check_vector_field(f, t0, y0, args)
     if saveat.ts is not None:
@@ -427,10 +427,24 @@ def solve(
     if isinstance(controller, ConstantStep) and dt0 is None and n_steps is None:
         why = "" if solver.adaptive else " (it has no error estimate, so it cannot adapt)"
         raise ValueError(f"constant steps with {solver!r}{why} need dt0= or n_steps=")
+    if event is not None:
+        event = ev.as_events(event)
+        if stop is not None:
+            raise ValueError(
+                "pass either stop= (a boolean condition) or event= (conditions crossing zero), "
+                "not both: express the stop condition as an Event"
+            )
+        if not isinstance(adjoint, DirectAdjoint | ForwardMode):
+            raise ValueError(
+                f"events need adjoint=jode.DirectAdjoint() or jode.ForwardMode(); got {adjoint!r}"
+            )
+        ev.check_conditions(event, t0, y0, args)
     options = dict(
         solver=solver, rtol=rtol, atol=atol, dt0=dt0, n_steps=n_steps, saveat=saveat,
         controller=controller, jump_ts=jump_ts, stop=stop, max_steps=max_steps, throw=throw,
     )
+    if event is not None:
+        options["event"] = event
     if backend == "diffrax":
         from .diffrax_backend import solve_diffrax
 
@@ -457,6 +471,7 @@ def _solve_jode(
     max_steps,
     throw,
     loop,
+    event=None,
 ):
     """The jode backend; `loop` is the adjoint's while loop (cond, body, init, max_iter)."""
     y0_flat, unravel = ravel_pytree(y0)
@@ -478,24 +493,10 @@ def _solve_jode(
     if n_static is not None and jump_ts is None and stop is None and event is None:
         tols = (_flatten_tol(rtol, y0, dtype), _flatten_tol(atol, y0, dtype))
         sol_parts = _scan_constant(
-    if event is not None:
-        event = ev.as_events(event)
-        if stop is not None:
-            raise ValueError(
-                "pass either stop= (a boolean condition) or event= (conditions crossing zero), "
-                "not both: express the stop condition as an Event"
-            )
-        if not isinstance(adjoint, DirectAdjoint | ForwardMode):
-            raise ValueError(
-                f"events need adjoint=jode.DirectAdjoint() or jode.ForwardMode(); got {adjoint!r}"
-            )
-        ev.check_conditions(event, t0, y0, args)
             solver,
             f_flat,
             args,
             t0,
-    if event is not None:
-        options["event"] = event
             t1,
             y0_flat,
             fy0,
@@ -522,7 +523,6 @@ def _solve_jode(
                 )
                 nfev = nfev + 1
             else:
-    event=None,
                 h0 = jnp.asarray(dt0, dtype)
         else:
             h0 = (t1 - t0) / n_steps if n_steps is not None else jnp.asarray(dt0, dtype)
@@ -548,10 +548,21 @@ def _solve_jode(
             direction,
             loop,
             None if stop is None else (lambda t, y, a: jnp.asarray(stop(t, unravel(y), a), bool)),
+            None if event is None else (ev.flat_condition(event, unravel, dtype), event),
         )
     ts_out, ys_flat, stats, status, dense_ts, dense_coeffs, *event_parts = sol_parts
     stats["nfev"] = stats["nfev"] + nfev
     ys = jax.vmap(unravel)(ys_flat)
+    event_fields = {}
+    if event is not None:
+        fired, index, t_star, y_star = event_parts[0]
+        nan = jnp.asarray(jnp.nan, dtype)
+        event_fields = dict(
+            event_t=jnp.where(fired, t_star, nan),
+            event_y=unravel(jnp.where(fired, y_star, nan)),
+            event_index=index,
+        )
+        t1 = jnp.where(fired, t_star, t1)
     sol = Solution(
         ts=ts_out,
         ys=ys,
@@ -562,6 +573,7 @@ def _solve_jode(
         dense_ts=dense_ts,
         dense_coeffs=dense_coeffs,
         unravel=unravel,
+        **event_fields,
     )
     if throw:
         sol = raise_on_failure(sol, max_steps, solver)
@@ -599,21 +611,10 @@ def _scan_constant(
         rejected=jnp.zeros((), jnp.int32),
         nfev=count * solver.f_evals_per_step,
     )
-            None if event is None else (ev.flat_condition(event, unravel, dtype), event),
     if state is not None:
         stats.update(solver.stats(state))
     if ts is not None:
         ys = evaluate_steps(grid, coeffs, count, ts, direction)
-    event_fields = {}
-    if event is not None:
-        fired, index, t_star, y_star = event_parts[0]
-        nan = jnp.asarray(jnp.nan, dtype)
-        event_fields = dict(
-            event_t=jnp.where(fired, t_star, nan),
-            event_y=unravel(jnp.where(fired, y_star, nan)),
-            event_index=index,
-        )
-        t1 = jnp.where(fired, t_star, t1)
         ts_out = ts
     elif saveat.steps:
         ys = jnp.concatenate([y0[None], y_steps])
@@ -624,7 +625,6 @@ def _scan_constant(
     return ts_out, ys, stats, status, dense_ts, dense_coeffs
 
 
-        **event_fields,
 def _while_solve(
     solver,
     f_flat,
@@ -646,6 +646,7 @@ def _while_solve(
     direction,
     loop,
     stop=None,
+    event=None,
 ):
     dtype = y0.dtype
     n = y0.shape[0]
@@ -663,6 +664,8 @@ def _while_solve(
         jump_ts=None if jump_ts is None else jnp.asarray(jump_ts, dtype),
         max_steps=max_steps,
         stop=stop,
+        event=None if event is None else event[0],
+        event_dirs=None if event is None else jnp.asarray(ev.directions(event[1])),
     )
     degree = _coeff_degree(solver, y0)
     ys = last_coeffs = step_ts = step_ys = dense_coeffs = None
@@ -697,7 +700,6 @@ def _while_solve(
         last_t=t0,
         last_h=jnp.zeros((), dtype),
         last_coeffs=last_coeffs,
-    event=None,
         pending=jnp.zeros((), bool),
         save_idx=save_idx,
         ys=ys,
@@ -705,6 +707,7 @@ def _while_solve(
         step_ys=step_ys,
         dense_coeffs=dense_coeffs,
         solver_state=_init_solver_state(solver, f_flat, args, t0, y0, fy0, prob.rtol, prob.atol),
+        event=None if event is None else ev.init_state(event[0], t0, y0, args, degree),
     )
     init = init._replace(active=_cond(prob, init))
     max_iter = max_steps + (0 if ts is None else -(-ts.shape[0] // SAVE_WINDOW)) + 1
@@ -715,8 +718,6 @@ def _while_solve(
     # its arrays only, the rest is static.
     args_arr, args_static = eqx.partition(args, eqx.is_array)
 
-        event=None if event is None else event[0],
-        event_dirs=None if event is None else jnp.asarray(ev.directions(event[1])),
     def _convert(fn):
         return jax.closure_convert(
             lambda t, y, a: fn(t, y, eqx.combine(a, args_static)), t0, y0, args_arr
@@ -724,10 +725,12 @@ def _while_solve(
 
     f_conv, f_consts = _convert(f_flat)
     stop_conv, stop_consts = (None, ()) if stop is None else _convert(stop)
+    event_conv, event_consts = (None, ()) if event is None else _convert(event[0])
     operands = dict(
         args=args,
         f_consts=f_consts,
         stop_consts=stop_consts,
+        event_consts=event_consts,
         t1=t1,
         direction=direction,
         rtol=prob.rtol,
@@ -743,6 +746,11 @@ def _while_solve(
             stop=None
             if stop is None
             else (lambda t, y, a: stop_conv(t, y, eqx.filter(a, eqx.is_array), *s_c)),
+            event=None
+            if event is None
+            else (
+                lambda t, y, a: event_conv(t, y, eqx.filter(a, eqx.is_array), *ops["event_consts"])
+            ),
             t1=ops["t1"],
             direction=ops["direction"],
             rtol=ops["rtol"],
@@ -758,7 +766,6 @@ def _while_solve(
     ).astype(jnp.int32)
     extra = final.steps if jump_ts is not None else 0
     stats = dict(
-        event=None if event is None else ev.init_state(event[0], t0, y0, args, degree),
         steps=final.steps,
         accepted=final.accepted,
         rejected=final.rejected,
@@ -776,7 +783,6 @@ def _while_solve(
     else:
         ts_out, ys_out = final.t[None], final.y[None]
     dense_ts = final.step_ts if saveat.dense else None
-    event_conv, event_consts = (None, ()) if event is None else _convert(event[0])
     if event is None:
         return ts_out, ys_out, stats, status, dense_ts, final.dense_coeffs
     # Locate the crossing inside the last step; saves stop at it.
@@ -793,9 +799,3 @@ def _while_solve(
         ts_out = jnp.where(fired, t_star, ts_out)
         ys_out = jnp.where(fired, y_star[None], ys_out)
     return ts_out, ys_out, stats, status, dense_ts, final.dense_coeffs, located
-        event_consts=event_consts,
-            event=None
-            if event is None
-            else (
-                lambda t, y, a: event_conv(t, y, eqx.filter(a, eqx.is_array), *ops["event_consts"])
-            ),
