@@ -56,8 +56,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from .._jit import cached
+from .._results import RESULTS
 from . import checks
-from .solution import Solution, Status
+from .solution import Solution
 
 METHODS = ("abm", "l1")
 _ALPHA_RANGE = {"abm": (0.0, 2.0), "l1": (0.0, 1.0)}
@@ -387,96 +389,123 @@ def solve_fractional(
     n_steps = _check_capacity(n_steps, capacity, error_estimate)
     y0 = jax.tree.map(jnp.asarray, y0)
     checks.check_y0(y0)
-    checks.check_vector_field(f, t0, y0, args)
-    y0_flat, unravel = ravel_pytree(y0)
+    y0_flat = ravel_pytree(y0)[0]
     dtype = y0_flat.dtype
     for k, d in enumerate(derivatives):
         if jax.tree.structure(d) != jax.tree.structure(y0):
             raise ValueError(f"derivatives[{k}] must have the pytree structure of y0")
         if ravel_pytree(d)[0].shape != y0_flat.shape:
             raise ValueError(f"derivatives[{k}] must have the shapes of y0")
-    as_array = lambda x: jnp.asarray(x, dtype)  # noqa: E731  (arrays are traced, not static)
+    from .solve import SaveAt
+
+    save_ts = saveat.ts if isinstance(saveat, SaveAt) else saveat
+    if save_ts is not None:  # on the concrete values, before they are traced
+        checks.check_save_times(save_ts, t0, t1)
+    # Arrays from here on: one compilation serves every value of t0, t1, alpha and of
+    # floats in args (f itself is checked when the grid solve is traced).
+    as_array = lambda x: jnp.asarray(x, dtype)  # noqa: E731
     derivs = tuple(jax.tree.map(jnp.asarray, d) for d in derivatives)
     alpha, t0, t1 = as_array(alpha), as_array(t0), as_array(t1)
+    args = jax.tree.map(lambda x: jnp.asarray(x) if isinstance(x, float) else x, args)
     static = dict(method=method, block=block, corrector_iters=corrector_iters,
                   newton_iters=newton_iters)
-    solves = []
+    if n_steps is not None:
+        return _solve_steps(
+            f, y0, derivs, args, alpha, t0, t1, jnp.asarray(n_steps, jnp.int32), saveat,
+            capacity=capacity or n_steps, error_estimate=error_estimate, max_steps=max_steps,
+            throw=throw, **static,
+        )
 
-    def grid(n, cap):
-        solves.append(n)
-        n = jnp.asarray(n, jnp.int32)
-        return _grid_jit(f, y0, derivs, args, alpha, t0, t1, n, capacity=cap, **static)
+    # Refinement: N = 64, 128, ... (a Python loop on concrete values; each grid is cached).
+    n, grids, status = 64, {}, RESULTS.SUCCESS
+    while True:
+        for k in (n, n // 2, n // 4):
+            if k not in grids:
+                grids[k] = _grid_jit(f, y0, derivs, args, alpha, t0, t1,
+                                     jnp.asarray(k, jnp.int32), capacity=capacity or k,
+                                     **static)
+        estimates = _richardson_jit(grids[n], grids[n // 2], grids[n // 4],
+                                    jnp.asarray(n, jnp.int32))
+        try:
+            est = float(estimates[0])
+            scale = float(jnp.max(jnp.abs(grids[n][n])))
+        except jax.errors.ConcretizationTypeError as exc:
+            raise ValueError(
+                "n_steps=None refines the grid from the error estimate, a Python "
+                "decision that cannot happen under jit/grad/vmap; pass n_steps=N (and "
+                "error_estimate=True to monitor the error)"
+            ) from exc
+        limit = max_steps if capacity is None else min(max_steps, capacity)
+        if est <= float(atol) + float(rtol) * scale:
+            break
+        if 2 * n > limit:
+            status = RESULTS.MAX_STEPS
+            break
+        n *= 2
+    dim = y0_flat.shape[0]
+    nfev = sum(_nfev(method, k, dim, corrector_iters, newton_iters) for k in grids)
+    return _finish(
+        y0, grids[n], jnp.asarray(n, jnp.int32), estimates, jnp.asarray(int(status)),
+        jnp.asarray(nfev, jnp.int32), saveat, t0, t1, max_steps=max_steps, throw=throw,
+    )
 
-    status = Status.SUCCESS
-    estimate = order = spread = None
-    if n_steps is None:  # refinement: N = 64, 128, ... (Python loop on concrete values)
-        n, grids = 64, {}
-        while True:
-            for k in (n, n // 2, n // 4):
-                if k not in grids:
-                    grids[k] = grid(k, capacity or k)
-            estimate, order, spread = _richardson(grids[n], grids[n // 2], grids[n // 4], n)
-            try:
-                est = float(estimate)
-                scale = float(jnp.max(jnp.abs(grids[n][n])))
-            except jax.errors.ConcretizationTypeError as exc:
-                raise ValueError(
-                    "n_steps=None refines the grid from the error estimate, a Python "
-                    "decision that cannot happen under jit/grad/vmap; pass n_steps=N (and "
-                    "error_estimate=True to monitor the error)"
-                ) from exc
-            limit = max_steps if capacity is None else min(max_steps, capacity)
-            if est <= float(atol) + float(rtol) * scale:
-                break
-            if 2 * n > limit:
-                status = Status.MAX_STEPS
-                break
-            n *= 2
-        cap = capacity or n
-        ys_grid = grids[n]
-    else:
-        n = n_steps
-        cap = capacity or n_steps
-        ys_grid = grid(n, cap)
-        if error_estimate:
-            n_arr = jnp.asarray(n, jnp.int32)
-            half, quarter = grid(n_arr // 2, cap), grid(n_arr // 4, cap)
-            estimate, order, spread = _richardson(ys_grid, half, quarter, n_arr)
-    n = jnp.asarray(n, jnp.int32)
-    nfev = sum(_nfev(method, jnp.asarray(k, jnp.int32), y0_flat.shape[0], corrector_iters,
-                     newton_iters) for k in solves)
 
+@cached(arrays=("args",))
+def _solve_steps(f, y0, derivs, args, alpha, t0, t1, n, saveat, *, capacity, error_estimate,
+                 max_steps, throw, method, block, corrector_iters, newton_iters):
+    """`solve_fractional` with a given number of steps n <= capacity: one compiled call."""
+    static = dict(method=method, block=block, corrector_iters=corrector_iters,
+                  newton_iters=newton_iters)
+    solves = (n, n // 2, n // 4) if error_estimate else (n,)
+    grids = [_grid_jit(f, y0, derivs, args, alpha, t0, t1, k, capacity=capacity, **static)
+             for k in solves]
+    estimates = _richardson(*grids, n) if error_estimate else None
+    dim = ravel_pytree(y0)[0].shape[0]
+    nfev = sum(_nfev(method, k, dim, corrector_iters, newton_iters) for k in solves)
+    return _finish(
+        y0, grids[0], n, estimates, jnp.asarray(int(RESULTS.SUCCESS)), nfev, saveat, t0, t1,
+        max_steps=max_steps, throw=throw,
+    )
+
+
+@eqx.filter_jit
+def _finish(y0, ys_grid, n, estimates, status, nfev, saveat, t0, t1, *, max_steps, throw):
+    """The Solution from the grid solution y_0..y_capacity (y_n the last live one)."""
+    y0_flat, unravel = ravel_pytree(y0)
+    dtype = y0_flat.dtype
+    cap = ys_grid.shape[0] - 1
     k = jnp.arange(cap + 1, dtype=jnp.int32)
     h = (t1 - t0) / n.astype(dtype)
     ts_unclamped = t0 + k.astype(dtype) * h  # increasing, for interpolation
     grid_ts = jnp.where(k == n, t1, jnp.where(k > n, jnp.inf, ts_unclamped))
     ts_out, ys_out = _save(saveat, grid_ts, ts_unclamped, ys_grid, k <= n, t0, t1, dtype)
     finite = jnp.all(jnp.isfinite(ys_grid))
-    status = jnp.where(finite, int(status), int(Status.NONFINITE)).astype(jnp.int32)
+    status = jnp.where(finite, status, int(RESULTS.NONFINITE)).astype(jnp.int32)
     stats = dict(steps=n, accepted=n, rejected=jnp.zeros((), jnp.int32),
                  nfev=jnp.asarray(nfev, jnp.int32))
-    if estimate is not None:
-        stats["error_estimate"] = estimate
-        stats["order_estimate"] = order
-        stats["max_difference"] = spread
+    if estimates is not None:
+        stats["error_estimate"], stats["order_estimate"], stats["max_difference"] = estimates
     sol = Solution(
         ts=ts_out, ys=jax.vmap(unravel)(ys_out), stats=stats, status=status, t0=t0, t1=t1,
         unravel=unravel,
     )
     if throw:
-        messages = [""] * len(Status)
-        messages[Status.MAX_STEPS] = (
+        messages = [""] * len(RESULTS)
+        messages[RESULTS.MAX_STEPS] = (
             f"solve_fractional: the refinement reached max_steps={max_steps} (or capacity) "
             "before the error estimate met rtol/atol; raise it or loosen the tolerances. "
             "Pass throw=False to get the Solution"
         )
-        messages[Status.NONFINITE] = (
+        messages[RESULTS.NONFINITE] = (
             "solve_fractional: the solution became NaN or infinite; check f and its "
             "parameters (a blow-up in finite time?), or take more steps. Pass throw=False "
             "to get the Solution"
         )
-        sol = eqx.branched_error_if(sol, status != Status.SUCCESS, status, messages)
+        sol = eqx.branched_error_if(sol, status != RESULTS.SUCCESS, status, messages)
     return sol
+
+
+_richardson_jit = jax.jit(_richardson)
 
 
 def _check_capacity(n_steps, capacity, error_estimate):
@@ -520,6 +549,7 @@ def _nfev(method, n, dim, corrector_iters, newton_iters):
 def _grid_jit(f, y0, derivs, args, alpha, t0, t1, n, *, capacity, method, block,
               corrector_iters, newton_iters):
     """The grid solution (capacity + 1, dim), compiled once per (f, shapes, capacity)."""
+    checks.check_vector_field(f, t0, y0, args)
     y0_flat, unravel = ravel_pytree(y0)
     dtype = y0_flat.dtype
     y0s = jnp.stack([y0_flat] + [ravel_pytree(d)[0].astype(dtype) for d in derivs])

@@ -122,8 +122,7 @@ def _scalar(alpha, beta, z):
     return jnp.where(small, _series(alpha, beta, z_series), _contour(alpha, beta, z_contour))
 
 
-# One compiled kernel for every shape of z (jit retraces per shape and dtype only).
-_ml_flat = jax.jit(jax.vmap(_scalar, in_axes=(None, None, 0)))
+_ml_flat = jax.vmap(_scalar, in_axes=(None, None, 0))
 
 
 def mittag_leffler(z, alpha, beta=1.0):
@@ -161,6 +160,12 @@ def mittag_leffler(z, alpha, beta=1.0):
             raise ValueError(f"mittag_leffler needs {rng}; got {name}={v}")
     if jnp.iscomplexobj(z):
         raise ValueError("mittag_leffler supports real z only; got a complex array")
+    return _evaluate(z, alpha, beta)
+
+
+@jax.jit
+def _evaluate(z, alpha, beta):
+    """E_{α,β}(z) elementwise, compiled once per shape and dtype of z (any α, β values)."""
     z = jnp.asarray(z)
     if not jnp.issubdtype(z.dtype, jnp.floating):
         z = z.astype(jnp.result_type(float))
