@@ -369,3 +369,22 @@ def test_explicit_solver_on_stiff_problem_suggests_stiff_solvers():
     with pytest.raises(Exception, match=r"jode.Kvaerno5\(\) or jode.Rodas5\(\)"):
         jode.solve(vdp, jnp.asarray([2.0, 0.0]), 0.0, 2000.0, 1000.0, solver=jode.Tsit5(),
                    max_steps=64)
+
+
+def test_failure_hints_follow_the_solver_type_not_its_name():
+    # A user ESDIRK with an arbitrary name is stiff: no "try jode.Kvaerno5()" hint for it;
+    # an explicit tableau that calls itself "Kvaerno5" is not, and gets the hint.
+    mine = jode.ESDIRK(tb.DIRKTableau("MyMethod", tb.KVAERNO3.a, tb.KVAERNO3.b,
+                                      tb.KVAERNO3.c, order=3, b_err=tb.KVAERNO3.b_err,
+                                      embedded_order=2, tol=1e-9))
+    assert mine.implicit and isinstance(mine, jode.AbstractESDIRK)
+    with pytest.raises(Exception, match="max_steps=8") as info:
+        jode.solve(vdp, jnp.asarray([2.0, 0.0]), 0.0, 2000.0, 1000.0, solver=mine, max_steps=8)
+    assert "Kvaerno5" not in str(info.value) and "Jacobian" in str(info.value)
+
+    impostor = jode.ExplicitRK(tb.ButcherTableau("Kvaerno5", tb.DOPRI5.a, tb.DOPRI5.b,
+                                                 tb.DOPRI5.c, order=5, b_err=tb.DOPRI5.b_err,
+                                                 embedded_order=4))
+    with pytest.raises(Exception, match=r"try jode.Kvaerno5\(\) or jode.Rodas5\(\)"):
+        jode.solve(vdp, jnp.asarray([2.0, 0.0]), 0.0, 2000.0, 1000.0, solver=impostor,
+                   max_steps=64)

@@ -99,3 +99,115 @@ def test_euler_heun_pair_is_fsal_with_heun_error_estimate():
         ratios.append(float(res.error[0]) / true)
     # error/true = 1 + O(h): the deviation shrinks tenfold with h.
     assert abs(ratios[0] - 1) < 0.05 and abs(ratios[1] - 1) < 0.1 * abs(ratios[0] - 1) * 1.2
+
+
+# --- solvers are types carrying their tableau; the diffrax backend maps by type -----------
+
+import diffrax as dfx  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+import jode  # noqa: E402
+from jode.ode.diffrax_backend import to_diffrax_solver  # noqa: E402
+
+EXPLICIT_TYPES = [jode.Euler, jode.Midpoint, jode.Heun, jode.EulerHeun, jode.Ralston, jode.RK4,
+                  jode.Bosh3, jode.Dopri5, jode.Tsit5, jode.Dopri8]
+IMPLICIT_TYPES = [jode.ImplicitEuler, jode.Kvaerno3, jode.Kvaerno5, jode.Rodas5]
+
+#: diffrax's class of the same method; None: diffrax lacks it (or its Dopri8 is another
+#: method, Prince & Dormand's 13-stage pair), so jode's tableau runs as a diffrax ERK.
+DIFFRAX_SAME_METHOD = {
+    jode.Euler: dfx.Euler, jode.Midpoint: dfx.Midpoint, jode.Heun: dfx.Heun,
+    jode.Ralston: dfx.Ralston, jode.Bosh3: dfx.Bosh3, jode.Dopri5: dfx.Dopri5,
+    jode.Tsit5: dfx.Tsit5, jode.ImplicitEuler: dfx.ImplicitEuler,
+    jode.Kvaerno3: dfx.Kvaerno3, jode.Kvaerno5: dfx.Kvaerno5,
+    jode.RK4: None, jode.EulerHeun: None, jode.Dopri8: None,
+}
+
+
+def _full_a(dfx_tableau):
+    s = len(dfx_tableau.b_sol)
+    a = np.zeros((s, s))
+    for i, row in enumerate(dfx_tableau.a_lower, start=1):
+        a[i, :i] = row
+    if dfx_tableau.a_diagonal is not None:
+        a[np.diag_indices(s)] = dfx_tableau.a_diagonal
+    return a
+
+
+@pytest.mark.parametrize("cls", EXPLICIT_TYPES + IMPLICIT_TYPES, ids=lambda c: c.__name__)
+def test_every_builtin_is_a_final_type_carrying_its_tableau(cls):
+    solver = cls()
+    assert isinstance(cls, type) and isinstance(solver, cls)
+    assert isinstance(solver, jode.AbstractSolver)
+    assert solver == cls() and hash(solver) == hash(cls())
+    assert repr(solver) == f"jode.{cls.__name__}()"
+    assert solver.tableau is cls.tableau and solver.order == cls.tableau.order
+    assert solver.implicit == (cls in IMPLICIT_TYPES)
+    assert solver.adaptive == (cls.tableau.b_err is not None)
+
+
+@pytest.mark.parametrize("cls", EXPLICIT_TYPES + IMPLICIT_TYPES[:3], ids=lambda c: c.__name__)
+def test_every_builtin_maps_to_the_same_method_in_diffrax(cls):
+    mapped = to_diffrax_solver(cls())
+    expected = DIFFRAX_SAME_METHOD[cls]
+    if expected is not None:
+        assert type(mapped) is expected
+    else:
+        assert isinstance(mapped, dfx.AbstractERK)
+    # Same coefficients, wherever diffrax states them as a tableau.
+    dfx_tab = getattr(type(mapped), "tableau", None)
+    if dfx_tab is not None:
+        np.testing.assert_allclose(_full_a(dfx_tab), cls.tableau.a, atol=1e-12)
+        np.testing.assert_allclose(dfx_tab.b_sol, cls.tableau.b, atol=1e-12)
+        np.testing.assert_allclose(dfx_tab.c, cls.tableau.c[1:], atol=1e-12)
+
+
+def test_user_tableaux_run_their_own_method_on_both_backends():
+    # Heun's coefficients under the name "Tsit5": a method is its type and data, never its
+    # name, so both backends run Heun. y' = -y, y(1) = e^-1.
+    heun = tb.ButcherTableau("Tsit5", a=tb.HEUN.a, b=tb.HEUN.b, c=tb.HEUN.c, order=2,
+                             b_err=tb.HEUN.b_err, embedded_order=1)
+    solver = jode.ExplicitRK(heun)
+    assert not isinstance(solver, jode.Tsit5)
+    f = lambda t, y, a: -y  # noqa: E731
+    ys = {}
+    for backend in ("jode", "diffrax"):
+        sol = jode.solve(f, jnp.asarray(1.0), 0.0, 1.0, solver=solver, backend=backend,
+                         rtol=1e-3, atol=1e-6)
+        ys[backend] = float(sol.ys[-1])
+        assert int(sol.stats["steps"]) > 15  # a second-order method's step count, not Tsit5's
+    assert abs(ys["jode"] - np.exp(-1.0)) < 5e-4  # global error ~ rtol for a 2(1) pair
+    assert abs(ys["jode"] - ys["diffrax"]) < 1e-5
+    # The same call with the real Tsit5 takes far fewer steps.
+    tsit = jode.solve(f, jnp.asarray(1.0), 0.0, 1.0, solver=jode.Tsit5(), rtol=1e-3, atol=1e-6)
+    assert int(tsit.stats["steps"]) < 10
+
+
+def test_solvers_compare_and_hash_by_value():
+    copy = tb.ButcherTableau("Heun", a=tb.HEUN.a.copy(), b=tb.HEUN.b.copy(), c=tb.HEUN.c.copy(),
+                             order=2, b_err=tb.HEUN.b_err.copy(), embedded_order=1)
+    assert copy == tb.HEUN and hash(copy) == hash(tb.HEUN)
+    assert jode.ExplicitRK(copy) == jode.ExplicitRK(tb.HEUN)
+    assert jode.ExplicitRK(tb.HEUN) != jode.Heun()  # another type: another solver
+    assert jode.Kvaerno5(kappa=0.05) == jode.Kvaerno5(kappa=0.05) != jode.Kvaerno5()
+    assert jode.ESDIRK(tb.KVAERNO3).order == 3
+    # An ExplicitRK of a built-in's exact coefficients is that method in diffrax too.
+    assert type(to_diffrax_solver(jode.ExplicitRK(copy))) is dfx.Heun
+
+
+def test_what_diffrax_cannot_express_is_a_clear_error():
+    with pytest.raises(ValueError, match="diffrax has no counterpart"):
+        to_diffrax_solver(jode.Rodas5())
+    with pytest.raises(ValueError, match="must be a jode.ButcherTableau"):
+        jode.ExplicitRK(tb.KVAERNO3)
+    with pytest.raises(ValueError, match="unknown solver"):
+        jode.solve(lambda t, y, a: -y, jnp.asarray(1.0), 0.0, 1.0, solver=object())
+
+    class DuckTyped:  # has the methods, but is no jode solver: no duck typing
+        f_evals_per_step = 1
+
+        def step(self, *a):
+            raise AssertionError("never called")
+
+    with pytest.raises(ValueError, match="AbstractSolver"):
+        jode.solve(lambda t, y, a: -y, jnp.asarray(1.0), 0.0, 1.0, solver=DuckTyped())
