@@ -85,6 +85,7 @@ def run(out_dir: Path, quick: bool) -> dict:
     metrics["lorenz_portrait"] = dict(t1=LORENZ_T1, transient_dropped=LORENZ_TRANSIENT,
                                       lobes_visited=int(np.any(lz[keep, 0] > 0))
                                       + int(np.any(lz[keep, 0] < 0)))
+    metrics["bouncing_ball"] = bouncing_ball(out_dir, quick)
     return metrics
 
 
@@ -110,3 +111,97 @@ def phase_portraits_figure(lv, lz, out_dir: Path, quick: bool = False):
         ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     savefig(fig, out_dir / "phase_portraits.png", quick)
+
+
+#: The bouncing ball: gravity (m/s^2), drop height (m), restitution, bounces followed.
+BALL_G, BALL_H, BALL_E, BALL_BOUNCES = 9.81, 2.0, 0.8, 5
+
+
+def bouncing_ball(out_dir: Path, quick: bool = False) -> dict:
+    """A ball dropped from BALL_H bounces on the ground: a terminal `jode.Event` per flight.
+
+    Each solve ends where the height crosses zero downwards (`jode.Event(..., direction=-1)`);
+    the next starts there with the velocity reflected and scaled by the restitution e. The
+    k-th bounce (k = 0, 1, ...) happens at t_k = sqrt(2h/g) (1 + 2 Σ_{j=1..k} e^j), and the
+    first bounce time's derivative with respect to the height is 1 / sqrt(2 g h).
+
+    Returns:
+        Metrics: the bounce times, their errors against the closed form, the gradient of the
+        first bounce time with respect to h against the closed form, and diffrax's first
+        bounce time; writes bouncing_ball.png.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    jax.config.update("jax_enable_x64", True)
+    import jode
+    from jode_experiments.plot import pyplot, savefig
+
+    def fall(t, y, g):
+        return jnp.stack([y[1], -g * jnp.ones_like(y[1])])
+
+    ground = jode.Event(lambda t, y, g: y[0], direction=-1)
+    tol = 1e-10
+
+    @jax.jit
+    def flight(t0, y0):
+        return jode.solve(fall, y0, t0, t0 + 100.0, BALL_G, event=ground, rtol=tol, atol=tol,
+                          dense=True)
+
+    t0, y0 = jnp.zeros(()), jnp.array([BALL_H, 0.0])
+    times, arcs = [], []
+    for _ in range(BALL_BOUNCES):
+        sol = flight(t0, y0)
+        t_hit = sol.event_t
+        tt = jnp.linspace(t0, t_hit, 200)
+        arcs.append((np.asarray(tt), np.asarray(sol.evaluate(tt)[:, 0])))
+        times.append(float(t_hit))
+        t0, y0 = t_hit, jnp.stack([jnp.zeros(()), -BALL_E * sol.event_y[1]])
+    fall_time = np.sqrt(2 * BALL_H / BALL_G)
+    exact = [fall_time * (1 + 2 * sum(BALL_E**j for j in range(1, k + 1)))
+             for k in range(BALL_BOUNCES)]
+    errors = [abs(t - x) for t, x in zip(times, exact, strict=True)]
+
+    def first_bounce(h, backend="jode"):
+        y0 = jnp.stack([h, jnp.zeros(())])
+        return jode.solve(fall, y0, 0.0, 100.0, BALL_G, event=ground, rtol=tol, atol=tol,
+                          backend=backend).event_t
+
+    grad = float(jax.grad(first_bounce)(jnp.asarray(BALL_H)))
+    grad_exact = 1 / np.sqrt(2 * BALL_G * BALL_H)
+    t_dfx = float(first_bounce(jnp.asarray(BALL_H), backend="diffrax"))
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for k, (tt, xx) in enumerate(arcs):
+        ax.plot(tt, xx, color="C0", lw=1.4, label="height, jode Tsit5 dense output" if k == 0
+                else None)
+    ax.plot(times, np.zeros(len(times)), "o", color="C3", ms=5,
+            label="bounces located by jode.Event")
+    for k, x in enumerate(exact):
+        ax.axvline(x, color="0.5", ls=":", lw=0.8,
+                   label="closed form $t_k$" if k == 0 else None)
+    ax.set(xlabel="time t (s)", ylabel="height above ground (m)",
+           title=f"Bouncing ball: h = {BALL_H:g} m, g = {BALL_G:g} m/s², e = {BALL_E:g}; "
+           f"max |t_k - closed form| = {max(errors):.1e} s")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    savefig(fig, out_dir / "bouncing_ball.png", quick)
+    return dict(
+        g_m_per_s2=BALL_G,
+        height_m=BALL_H,
+        restitution=BALL_E,
+        rtol=tol,
+        atol=tol,
+        bounce_times_s=times,
+        bounce_times_closed_form_s=exact,
+        bounce_time_abs_errors_s=errors,
+        max_bounce_time_abs_error_s=max(errors),
+        d_first_bounce_d_height=grad,
+        d_first_bounce_d_height_closed_form=grad_exact,
+        d_first_bounce_d_height_rel_error=abs(grad - grad_exact) / grad_exact,
+        diffrax_first_bounce_s=t_dfx,
+        diffrax_first_bounce_abs_error_s=abs(t_dfx - fall_time),
+    )
