@@ -46,6 +46,61 @@ def test_sweep_bad_input():
         S.sweep(final_x, jnp.asarray(OMEGAS), chunk_size=0)
     with pytest.raises(ValueError, match="1-D"):
         S.grid(a=jnp.ones((2, 2)))
+    with pytest.raises(ValueError, match="0 rows"):
+        S.sweep(final_x, jnp.zeros((0,)))
+    with pytest.raises(ValueError, match="0 rows"):
+        jode.sweep(lambda p: p["a"], {"a": jnp.zeros((0, 2)), "b": jnp.zeros((0,))})
+
+
+TRACES = []
+
+
+def counted_final_x(omega):
+    TRACES.append(1)  # runs only while JAX traces the function
+    return final_x(omega)
+
+
+def test_a_second_identical_sweep_traces_nothing():
+    """`jode.sweep` is the function; its sharded program is cached per function object,
+    shapes and options, so an identical second call (or new values of the same shapes)
+    does not trace the function again."""
+    first = jode.sweep(counted_final_x, jnp.asarray(OMEGAS), chunk_size=4)
+    traced = len(TRACES)
+    assert traced > 0
+    second = jode.sweep(counted_final_x, jnp.asarray(OMEGAS), chunk_size=4)
+    shifted = jode.sweep(counted_final_x, jnp.asarray(OMEGAS) + 0.1, chunk_size=4)
+    assert len(TRACES) == traced
+    np.testing.assert_array_equal(second, first)
+    np.testing.assert_allclose(shifted, np.cos((OMEGAS + 0.1) * T1), atol=1e-8)
+    jode.sweep(counted_final_x, jnp.asarray(OMEGAS), chunk_size=2)  # another option: a trace
+    assert len(TRACES) > traced
+
+
+def test_a_second_fit_sweep_traces_nothing():
+    """The multi-start fit is one cached program too (the loss's arrays are its inputs), so
+    a second call, even on new data of the same shapes, traces the model no more."""
+    from jode import fitting as F
+
+    calls = []
+
+    def decay(t, y, a):
+        calls.append(1)
+        return -a[0] * y
+
+    ts = np.linspace(0.0, 2.0, 11)
+
+    def loss_of(rate):
+        return F.TrajectoryLoss(decay, ts, np.exp(-rate * ts)[:, None], n_state=1,
+                                solver=jode.RK4(), n_steps=40)
+
+    guesses = jnp.array([[1.2, 0.5], [0.8, 2.0]])
+    stages = (F.LBFGS(steps=40),)
+    S.fit_sweep(loss_of(1.0), guesses, stages)
+    traced = len(calls)
+    thetas, _ = S.fit_sweep(loss_of(1.5), guesses, stages)
+    assert len(calls) == traced
+    # y = exp(-1.5 t) from y0 = 1: RK4 with h = 0.05 is within 1e-6 of the exact rate.
+    np.testing.assert_allclose(thetas, [[1.0, 1.5]] * 2, rtol=1e-5)
 
 
 _COMMON = """

@@ -81,6 +81,12 @@ class TanhCell(eqx.Module):
 
     def context(self, x):
         """Everything that does not depend on z, computed once per solve: (W, U x + b)."""
+        in_size = self.inject.shape[1]
+        if jnp.shape(x) != (in_size,):
+            raise ValueError(
+                f"TanhCell(in_size={in_size}) takes one input x of shape ({in_size},); got "
+                f"shape {jnp.shape(x)}. Map a batch with jax.vmap"
+            )
         return self.spectral_weight(), self.inject @ x + self.bias
 
     @staticmethod
@@ -131,6 +137,11 @@ class DEQ(eqx.Module):
         context = self.cell.context(x)
         if z0 is None:
             z0 = jnp.zeros_like(context[1])
+        elif jnp.shape(z0) != context[1].shape:
+            raise ValueError(
+                f"z0 must have the equilibrium's shape {context[1].shape} (the cell's width); "
+                f"got shape {jnp.shape(z0)}"
+            )
         sol = fixed_point(
             self.cell.step, z0, context, solver=self.solver, rtol=self.rtol, atol=self.atol,
             max_steps=self.max_steps, adjoint=self.adjoint, trace=False, throw=False,
@@ -175,5 +186,11 @@ class DEQClassifier(eqx.Module):
 
     def __call__(self, x):
         """Logits and the DEQ diagnostics for one example x (flattened)."""
+        if jnp.size(x) != self.embed.in_features:
+            raise ValueError(
+                f"DEQClassifier(in_size={self.embed.in_features}) takes one example of "
+                f"{self.embed.in_features} features; got x of shape {jnp.shape(x)} "
+                f"({jnp.size(x)} values). Map a batch with jax.vmap"
+            )
         z, stats = self.deq(jax.nn.relu(self.embed(jnp.ravel(x))))
         return self.head(z), stats

@@ -36,6 +36,14 @@ from ..ode.solve import solve
 from .neural_ode import MLPField
 
 
+def _check_series(ts, xs, obs_dim):
+    if jnp.ndim(ts) != 1 or jnp.shape(xs) != (jnp.shape(ts)[0], obs_dim):
+        raise ValueError(
+            f"a series is ts of shape (n,) and xs of shape (n, {obs_dim}) (obs_dim={obs_dim});"
+            f" got ts {jnp.shape(ts)} and xs {jnp.shape(xs)}"
+        )
+
+
 def _gaps(ts):
     """Δt_i = t_i - t_{i-1} with Δt_0 = 0."""
     return jnp.concatenate([jnp.zeros((1,), ts.dtype), jnp.diff(ts)])
@@ -57,6 +65,14 @@ class GRUEncoder(eqx.Module):
 
     def __call__(self, ts, xs, mask=None):
         """ts (n,), xs (n, obs_dim), mask (n,) bool of observed points -> (μ, log σ_q²)."""
+        obs_dim = self.cell.input_size - 1
+        if jnp.ndim(ts) != 1 or jnp.shape(xs) != (jnp.shape(ts)[0], obs_dim):
+            raise ValueError(
+                f"the encoder takes ts of shape (n,) and xs of shape (n, {obs_dim}) (obs_dim="
+                f"{obs_dim}); got ts {jnp.shape(ts)} and xs {jnp.shape(xs)}"
+            )
+        if mask is not None and jnp.shape(mask) != jnp.shape(ts):
+            raise ValueError(f"mask must have ts's shape {jnp.shape(ts)}; got {jnp.shape(mask)}")
         mask = jnp.ones(ts.shape, bool) if mask is None else mask
         dtype = self.out.weight.dtype
         ts, xs = ts.astype(dtype), xs.astype(dtype)
@@ -196,6 +212,7 @@ class RNNBaseline(eqx.Module):
         """Predictions at ts_query (n_q,), after the n_obs observations. The first query
         time is predicted from the last observation; later ones from the previous
         prediction (a rollout). Returns (n_q, obs_dim)."""
+        _check_series(ts_obs, xs_obs, self.obs_dim)
         dtype = self.out.weight.dtype
         ts_obs, xs_obs, ts_query = (
             ts_obs.astype(dtype),
@@ -223,6 +240,7 @@ class RNNBaseline(eqx.Module):
 
     def one_step(self, ts, xs):
         """Teacher-forced one-step-ahead predictions of xs[1:] from xs[:-1]: (n-1, obs_dim)."""
+        _check_series(ts, xs, self.obs_dim)
         dtype = self.out.weight.dtype
         ts, xs = ts.astype(dtype), xs.astype(dtype)
         gaps = _gaps(ts)

@@ -157,6 +157,13 @@ class MLPField(eqx.Module):
 
     def __call__(self, t, y, args=None):
         del args
+        dim = self.layers[-1].out_features
+        if jnp.ndim(y) == 0 or y.shape[-1] != dim:
+            raise ValueError(
+                f"MLPField(dim={dim}) takes states of shape ({dim},) or (..., {dim}); got y of "
+                f"shape {jnp.shape(y)}. Build the field with dim equal to the state's last "
+                "axis, or pass states of its size"
+            )
         fn = self._single
         for _ in range(y.ndim - 1):
             fn = jax.vmap(fn, in_axes=(None, 0))
@@ -235,6 +242,12 @@ class ConvField(eqx.Module):
 
     def __call__(self, t, y, args=None):
         del args
+        channels = self.b1.shape[0]
+        if jnp.ndim(y) < 3 or y.shape[-1] != channels:
+            raise ValueError(
+                f"ConvField(channels={channels}) takes channels-last maps (..., H, W, "
+                f"{channels}); got y of shape {jnp.shape(y)}"
+            )
         tt = jnp.full(y.shape[:-1] + (1,), t, y.dtype)
         h = jax.nn.relu(group_norm(y, self.groups))
         h = jax.nn.relu(

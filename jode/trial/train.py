@@ -47,12 +47,40 @@ def grid_points(problem: Problem, n: int, dtype=None):
 
 def random_points(problem: Problem, key, n: int, dtype=None):
     """n uniform random points in the domain: (n,) in 1-D, (n, 2) in 2-D."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1; got n={n}")
     dtype = jnp.zeros(()).dtype if dtype is None else dtype
     lo = jnp.asarray(problem.lower, dtype)
     hi = jnp.asarray(problem.upper, dtype)
     u = jr.uniform(key, (n, problem.dim), dtype)
     pts = lo + (hi - lo) * u
     return pts[:, 0] if problem.dim == 1 else pts
+
+
+def _check_points(problem: Problem, xs):
+    """Collocation points given as an array: at least one, finite, inside the domain."""
+    if xs.shape[0] == 0:
+        raise ValueError(
+            "points is empty: pass at least one collocation point, or an int n for a grid of "
+            "n points per coordinate"
+        )
+    pts = np.asarray(xs).reshape(xs.shape[0], -1)
+    lower, upper = np.asarray(problem.lower), np.asarray(problem.upper)
+    # Points are compared in their own precision, so a domain end rounded to float32 counts.
+    tol = 4 * np.finfo(pts.dtype).eps * np.maximum(np.abs(lower), np.abs(upper))
+    bad = ~np.all(np.isfinite(pts) & (pts >= lower - tol) & (pts <= upper + tol), axis=1)
+    if np.any(bad):
+        rows = np.flatnonzero(bad)
+        raise ValueError(
+            f"points must be finite and inside the domain {_domain_text(problem)}; got "
+            f"{rows.size} bad point(s), e.g. points[{rows[0]}]={pts[rows[0]].tolist()}. The "
+            "trial solution meets the conditions only on the domain"
+        )
+
+
+def _domain_text(problem: Problem) -> str:
+    return " x ".join(f"[{lo}, {hi}]" for lo, hi in zip(problem.lower, problem.upper,
+                                                         strict=True))
 
 
 #: Starting damping λ of the Levenberg-Marquardt stage.
@@ -262,7 +290,8 @@ def train(
         (solution, report): the trained `TrialSolution` (callable) and a `TrainReport`.
 
     Raises:
-        ValueError: for bad points or a residual returning the wrong shape.
+        ValueError: for bad points (empty, NaN, outside the domain, wrong shape) or a
+            residual returning the wrong shape.
     """
     key = jr.key(0) if key is None else key
     k_net, k_pts = jr.split(key)
@@ -277,6 +306,7 @@ def train(
                 f"points must have shape (n,) for 1-D problems or (n, 2) on rectangles; "
                 f"got {xs.shape}"
             )
+        _check_points(problem, xs)
     for name, v in (("adam_steps", adam_steps), ("lbfgs_steps", lbfgs_steps),
                     ("lm_steps", lm_steps)):
         if v < 0:

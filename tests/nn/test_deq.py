@@ -1,5 +1,6 @@
 """jode.nn.DEQ: the equilibrium it returns, its implicit gradient vs finite differences, the
-spectral bound, the Jacobian penalty's estimate; the digits accuracy (slow)."""
+spectral bound, the Jacobian penalty's estimate, inputs of the wrong size (the digits accuracy
+is tested in tests/experiments/test_neural_ode_experiments.py)."""
 
 import equinox as eqx
 import jax
@@ -62,15 +63,17 @@ def test_jacobian_penalty_is_unbiased(layer):
     assert abs(float(jnp.mean(samples)) - exact) <= 4 * float(jnp.std(samples)) / np.sqrt(20000)
 
 
-@pytest.mark.slow
-def test_digits_deq_reaches_97_percent():
-    from jode_experiments.data import load_digits
-    from jode_experiments.deq import make_deq, standardize, train_classifier
+def test_inputs_of_the_wrong_size_are_clear_errors():
+    from jode.nn import DEQClassifier
 
-    x_train, y_train, x_test, y_test = load_digits()
-    x_train, x_test = standardize(x_train, x_test)
-    model = make_deq(64, 100, 10, jr.PRNGKey(1))
-    with jax.numpy_dtype_promotion("standard"):  # optax mixes Python floats and int counts
-        _, log = train_classifier(model, (x_train, y_train, x_test, y_test), epochs=20)
-    assert log["test_accuracy"] >= 0.97
-    assert log["test_converged"] == 1.0
+    deq = DEQ(TanhCell(6, 3, key=jr.key(0)))
+    with pytest.raises(ValueError, match=r"TanhCell\(in_size=3\) .*got shape \(4,\)"):
+        deq(jnp.ones(4))
+    with pytest.raises(ValueError, match=r"got shape \(2, 3\). Map a batch with jax.vmap"):
+        deq(jnp.ones((2, 3)))
+    with pytest.raises(ValueError, match=r"z0 must have the equilibrium's shape \(6,\)"):
+        deq(jnp.ones(3), z0=jnp.zeros(5))
+    clf = DEQClassifier(64, 8, 10, key=jr.key(1))
+    with pytest.raises(ValueError, match=r"DEQClassifier\(in_size=64\) .*\(63 values\)"):
+        clf(jnp.ones(63))
+    assert clf(jnp.ones((8, 8)))[0].shape == (10,)  # an 8x8 image flattens to 64

@@ -1,26 +1,34 @@
 """Latent ODE and RNN baseline: the encoder ignores masked points, the ELBO's KL term
 against its closed form, the latent path against a tight solve, and learning on spirals
-(the reconstruction error falls by a stated factor)."""
+(in tests/experiments/test_neural_ode_experiments.py), and series of the wrong size."""
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-import optax
 import pytest
 
 import jode
 from jode.nn.latent import LatentODE, RNNBaseline
-from jode_experiments.data import spirals
 
 
-def _data(n=16):
-    return spirals(jr.key(0), n=n, n_obs=20, n_total=100, dtype=jnp.float64)
+class _Series(NamedTuple):
+    ts: jax.Array  # (n, n_obs)
+    ys: jax.Array  # (n, n_obs, 2)
+
+
+def _data(n=2, n_obs=20):
+    """Noisy points of Archimedean spirals r = 0.5 + 0.3 t at sorted random times."""
+    k1, k2 = jr.split(jr.key(0))
+    ts = jnp.sort(jr.uniform(k1, (n, n_obs), jnp.float64, 0.0, 6.0), axis=1)
+    r = 0.5 + 0.3 * ts
+    ys = jnp.stack([r * jnp.cos(ts), r * jnp.sin(ts)], -1)
+    return _Series(ts, ys + 0.05 * jr.normal(k2, ys.shape, jnp.float64))
 
 
 def test_encoder_masking_and_elbo_terms():
@@ -51,63 +59,16 @@ def test_encoder_masking_and_elbo_terms():
     np.testing.assert_allclose(fine.latent_path(z0, ts), ref, atol=1e-3)
 
 
-def test_latent_ode_and_rnn_learn_spirals():
-    s = _data(16)
-    half = 10
-    model = LatentODE(key=jr.key(1), t_max=float(s.ts.max()) + 0.01, n_steps=16)
+def test_series_of_the_wrong_size_are_clear_errors():
+    s = _data(1)
+    m = LatentODE(key=jr.key(1), t_max=float(s.ts.max()) + 0.01, n_steps=4)
+    ts, ys3 = s.ts[0], jnp.ones((20, 3))
+    with pytest.raises(ValueError, match=r"\(n, 2\) .*got ts \(20,\) and xs \(20, 3\)"):
+        m.predict(ts, ys3, ts)
+    with pytest.raises(ValueError, match=r"xs of shape \(n, 2\)"):
+        m.encoder(ts, s.ys[0][:15])
+    with pytest.raises(ValueError, match="mask must have ts's shape"):
+        m.encoder(ts, s.ys[0], jnp.ones(19, bool))
     rnn = RNNBaseline(key=jr.key(2))
-
-    def lat_loss(m, key):
-        keys = jr.split(key, s.ts.shape[0])
-        e, _ = jax.vmap(lambda t, y, k: m.elbo(t[:half], y[:half], t, y, k))(s.ts, s.ys, keys)
-        return -jnp.mean(e)
-
-    def rnn_loss(m, key):
-        return jnp.mean(
-            jax.vmap(lambda t, y: m.loss(t[:half], y[:half], t[half:], y[half:]))(s.ts, s.ys)
-        )
-
-    def train(model, loss, n):
-        opt = optax.adam(1e-2)
-        params, static = eqx.partition(model, eqx.is_array)
-
-        @jax.jit
-        def run(p):
-            def body(carry, k):
-                p, st = carry
-                g = jax.grad(lambda p: loss(eqx.combine(p, static), k))(p)
-                u, st = opt.update(g, st, p)
-                return (optax.apply_updates(p, u), st), None
-
-            return jax.lax.scan(body, (p, opt.init(p)), jr.split(jr.key(3), n))[0][0]
-
-        # optax's Adam mixes Python floats with its int32 step count.
-        with jax.numpy_dtype_promotion("standard"):
-            return eqx.combine(run(params), static)
-
-    def lat_mse(m):
-        pred = jax.vmap(lambda t, y: m.predict(t[:half], y[:half], t))(s.ts, s.ys)
-        return float(jnp.mean((pred - s.clean) ** 2))
-
-    def rnn_mse(m):
-        pred = jax.vmap(lambda t, y: m.predict(t[:half], y[:half], t[half:]))(s.ts, s.ys)
-        return float(jnp.mean((pred - s.clean[:, half:]) ** 2))
-
-    before_l, before_r = lat_mse(model), rnn_mse(rnn)
-    model, rnn = train(model, lat_loss, 40), train(rnn, rnn_loss, 40)
-    assert lat_mse(model) < before_l / 2
-    assert rnn_mse(rnn) < before_r / 2
-
-
-@pytest.mark.slow
-def test_latent_ode_extrapolates_better_than_rnn():
-    """The acceptance configuration of `jode reproduce neural-ode` (float32, 300 training
-    spirals, 600 Adam steps; minutes): the latent ODE's extrapolation MSE on 100 held-out
-    spirals is below the time-gap RNN's."""
-    from jode_experiments._neural_ode_generative import train_latent
-
-    with jax.enable_x64(False), jax.numpy_dtype_promotion("standard"):
-        metrics, _ = train_latent(
-            jr.key(2), n_train=300, n_test=100, n_obs=60, n_total=400, n_iter=600, progress=False
-        )
-    assert metrics["latent_extrap_mse"] < metrics["rnn_extrap_mse"]
+    with pytest.raises(ValueError, match=r"a series is ts of shape \(n,\) and xs of shape"):
+        rnn.predict(ts, ys3, ts)
