@@ -60,7 +60,8 @@ def measure(adjoint_name: str, n_steps: int, batch: int = 256, width: int = 256)
         adjoint=adjoints[adjoint_name],
         t1=1.0,
     )
-    y0 = jr.normal(jr.key(1), (batch, width), jnp.float32)
+    # The default float: float32, or float64 where x64 is enabled (as under the tests).
+    y0 = jr.normal(jr.key(1), (batch, width), jnp.result_type(float))
     params, static = eqx.partition(node, eqx.is_array)
 
     def loss(params):

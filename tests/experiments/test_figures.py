@@ -267,21 +267,24 @@ def test_trial_figures(figures, tmp_path):
 # ----------------------------------------------------------------------- memory probe
 
 
-def test_memory_in_fresh_process_direct_grows_backsolve_flat():
-    """Each point runs in a clean interpreter and reports its own peak: direct (stores every
-    step) grows with the step count, backsolve (Chen et al. 2018, §2) does not; and a parent
-    holding 400 MB more does not raise the child's figure."""
+def test_memory_direct_grows_backsolve_flat():
+    """XLA's scratch memory for one gradient step: direct (stores every step) grows with the
+    step count, backsolve (Chen et al. 2018, §2) stays flat."""
+    from jode_experiments._neural_ode_memory import measure
+
+    temp = {(a, n): measure(a, n, batch=16, width=16)["temp_mb"]
+            for a in ("direct", "backsolve") for n in (10, 100)}
+    assert temp["direct", 100] / temp["direct", 10] > 5.0  # ~10x the steps stored
+    assert temp["backsolve", 100] / temp["backsolve", 10] < 1.1
+
+
+def test_memory_child_reports_its_own_peak():
+    """The child process's peak is its own: a parent holding 400 MB more does not raise it
+    (getrusage's ru_maxrss, inherited across fork/exec on Linux, would)."""
     from jode_experiments._neural_ode_memory import _own_peak_rss_mb, measure_in_subprocess
 
     ballast = np.ones(400 * 2**20 // 8)  # touched: resident in this (parent) process
     parent_peak = _own_peak_rss_mb()
-    rows = {(a, n): measure_in_subprocess(a, n, batch=16, width=16)
-            for a in ("direct", "backsolve") for n in (10, 100)}
+    row = measure_in_subprocess("direct", 10, batch=16, width=16)
     del ballast
-    direct = rows["direct", 100]["temp_mb"] / rows["direct", 10]["temp_mb"]
-    backsolve = rows["backsolve", 100]["temp_mb"] / rows["backsolve", 10]["temp_mb"]
-    assert direct > 5.0  # ~10x the steps stored
-    assert backsolve < 1.1
-    for row in rows.values():
-        assert row["peak_rss_mb"] < parent_peak - 200.0
-        assert row["peak_rss_mb"] >= row["baseline_rss_mb"]
+    assert row["baseline_rss_mb"] <= row["peak_rss_mb"] < parent_peak - 200.0
