@@ -36,7 +36,7 @@ import optax
 from jode.ode.control import PIDController
 from jode.ode.explicit import Bosh3, EulerHeun, Tsit5
 from jode.optim.chebyshev import Chebyshev
-from jode.optim.rosenbrock import Ros2
+from jode.optim.ros2 import Ros2
 from jode_experiments import optim_compare as C
 from jode_experiments.testfunctions import TEST_FUNCTIONS, local_minima_table
 

@@ -21,7 +21,7 @@ from jax.flatten_util import ravel_pytree
 from jode.optim.flow import FlowState, gradient_flow
 from jode.optim.heavy_ball import heavy_ball_flow
 from jode.optim.minimize import minimize_by_flow
-from jode.optim.rosenbrock import Ros2
+from jode.optim.ros2 import Ros2
 
 #: Optimizer kinds understood by `make_optimizer`.
 KINDS = ("flow", "flow-ros2", "heavy-ball", "sgd", "momentum", "adam", "lbfgs")

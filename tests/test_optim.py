@@ -1,6 +1,7 @@
 """Gradient-flow optimizer: optax contract, accuracy against the exact flow of a quadratic,
 EulerHeun's one-gradient steps, the stiff Ros2 variant, the heavy-ball flow against the exact
-damped oscillator, minimize_by_flow on the camel and Goldstein-Price minima, XOR."""
+damped oscillator, minimize_by_flow on the camel and Goldstein-Price minima. The comparisons
+with the reproductions' test-function suite live in tests/experiments."""
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +11,32 @@ import pytest
 
 import jode
 from jode import optim
-from jode_experiments import optim_compare as compare
-from jode_experiments import testfunctions
+
+# Two classic test functions (Molga & Smutnicki 2005, "Test functions for optimization
+# needs"; Goldstein & Price 1971), with their published minimizers and minimum values.
+
+
+def six_hump_camel(p):
+    """(4 - 2.1x² + x⁴/3)x² + xy + (-4 + 4y²)y²: global minima -1.031628 at ±(0.0898, -0.7127)."""
+    x, y = p[0], p[1]
+    return (4.0 - 2.1 * x**2 + x**4 / 3.0) * x**2 + x * y + (-4.0 + 4.0 * y**2) * y**2
+
+
+def goldstein_price(p):
+    """Goldstein-Price: global minimum 3 at (0, -1)."""
+    x, y = p[0], p[1]
+    a = 1.0 + (x + y + 1.0) ** 2 * (
+        19.0 - 14.0 * x + 3.0 * x**2 - 14.0 * y + 6.0 * x * y + 3.0 * y**2
+    )
+    b = 30.0 + (2.0 * x - 3.0 * y) ** 2 * (
+        18.0 - 32.0 * x + 12.0 * x**2 + 48.0 * y - 36.0 * x * y + 27.0 * y**2
+    )
+    return a * b
+
+
+CAMEL_MINIMIZERS = ((0.0898420131, -0.712656403021), (-0.0898420131, 0.712656403021))
+CAMEL_MINIMUM = -1.031628453489877
+GOLDSTEIN_PRICE_MINIMIZERS = ((0.0, -1.0),)
 
 # A quadratic L(θ) = ½ Σ a_i (θ_i - c_i)² in a pytree: its gradient flow is known exactly,
 # θ_i(t) = c_i + exp(-a_i t)(θ_i(0) - c_i).
@@ -105,7 +130,7 @@ def test_step_relative_error_vs_classic_scale_near_a_minimum():
     # atol + rtol|θ| the step sits on the stability boundary near the minimizer and the stiff
     # component keeps an amplitude of about the tolerance: f stays > 1e-6 above the minimum.
     # Scaled by the step taken, the allowed error shrinks with the motion: f converges.
-    fn, x0 = testfunctions.six_hump_camel, jnp.asarray([0.5, -0.3])
+    fn, x0 = six_hump_camel, jnp.asarray([0.5, -0.3])
     out = {}
     for scale, atol in (("params", 1e-4), ("step", 1e-10)):
         opt = optim.gradient_flow(jode.Tsit5(), rtol=1e-2, atol=atol, error_scale=scale)
@@ -114,7 +139,7 @@ def test_step_relative_error_vs_classic_scale_near_a_minimum():
     f_star = -1.031628453489877  # six_hump_camel at its global minimizers (to 1e-15)
     assert float(fn(out["params"])) - f_star > 1e-6
     assert abs(float(fn(out["step"])) - f_star) < 1e-10
-    camel_min = testfunctions.CAMEL.minimizers[0]
+    camel_min = CAMEL_MINIMIZERS[0]
     np.testing.assert_allclose(np.asarray(out["step"]), camel_min, atol=1e-6)
 
 
@@ -186,7 +211,7 @@ def test_heavy_ball_flow_follows_damped_oscillator_and_converges():
 def test_tolerances_may_be_traced():
     # rtol as a traced scalar (a vmapped sweep) gives the iterates of a concrete rtol (to
     # rounding: the batched controller arithmetic may differ in the last bits).
-    fn, x0 = testfunctions.six_hump_camel, jnp.asarray([-1.0, 0.5])
+    fn, x0 = six_hump_camel, jnp.asarray([-1.0, 0.5])
 
     def final(rtol):
         opt = optim.gradient_flow(jode.Bosh3(), rtol=rtol, atol=1e-8, error_scale="step")
@@ -198,37 +223,6 @@ def test_tolerances_may_be_traced():
     np.testing.assert_allclose(np.asarray(swept[1]), np.asarray(p), rtol=1e-9, atol=1e-12)
     assert float(t[1]) == pytest.approx(float(t_1), rel=1e-9)
     assert float(t[0]) < float(t[1])  # the tighter tolerance takes shorter steps
-
-
-@pytest.mark.parametrize("solver", [jode.Bosh3, optim.EulerHeun], ids=lambda s: s.__name__)
-@pytest.mark.parametrize(
-    "test_fn, start",
-    [(testfunctions.CAMEL, (-0.6, 0.2)), (testfunctions.GOLDSTEIN_PRICE, (0.5, -0.5))],
-)
-def test_flow_optimizer_reaches_global_minimum(test_fn, start, solver):
-    # The setting of the grid comparison (error relative to the step, rtol 0.1).
-    from jode_experiments.testfunctions import local_minima_table
-
-    minima, values, is_global = local_minima_table(test_fn)
-    res = jax.jit(
-        lambda x: compare.run_to_target(
-            "flow",
-            test_fn.fn,
-            x,
-            minima,
-            values,
-            max_iters=500,
-            rtol=0.1,
-            atol=1e-8,
-            solver=solver(),
-            error_scale="step",
-        )
-    )(jnp.asarray(start))
-    assert int(res.hit_iters) > 0
-    assert bool(is_global[int(res.nearest)])
-    assert abs(float(res.value) - test_fn.minimum) < 1e-6  # the published minimum value
-    dist = min(float(jnp.linalg.norm(res.params - jnp.asarray(m))) for m in test_fn.minimizers)
-    assert dist < 1e-3
 
 
 def test_ros2_on_stiff_quadratic():
@@ -304,15 +298,18 @@ def test_truncated_cg_matches_dense_solve():
 
 
 @pytest.mark.parametrize(
-    "test_fn, start, solver, rtol, gtol",
+    "fn, minimizers, minimum, start, solver, rtol, gtol",
     [
-        (testfunctions.CAMEL, (0.5, -0.3), None, 1e-8, 1e-5),
-        (testfunctions.GOLDSTEIN_PRICE, (0.4, -0.6), optim.Ros2(), 1e-4, 1e-8),
+        (six_hump_camel, CAMEL_MINIMIZERS, CAMEL_MINIMUM, (0.5, -0.3), None, 1e-8, 1e-5),
+        (goldstein_price, GOLDSTEIN_PRICE_MINIMIZERS, 3.0, (0.4, -0.6), optim.Ros2(), 1e-4,
+         1e-8),
     ],
+    ids=["camel-Tsit5", "goldstein_price-Ros2"],
 )
-def test_minimize_by_flow_reaches_global_minima(test_fn, start, solver, rtol, gtol):
+def test_minimize_by_flow_reaches_global_minima(fn, minimizers, minimum, start, solver, rtol,
+                                                gtol):
     res = optim.minimize_by_flow(
-        lambda p, _: test_fn.fn(p),
+        lambda p, _: fn(p),
         jnp.asarray(start),
         solver=solver,
         rtol=rtol,
@@ -321,69 +318,10 @@ def test_minimize_by_flow_reaches_global_minima(test_fn, start, solver, rtol, gt
         max_steps=5000,
     )
     assert bool(res.converged)
-    assert abs(float(res.value) - test_fn.minimum) < 1e-6  # published minimum value
-    dist = min(float(jnp.linalg.norm(res.params - jnp.asarray(m))) for m in test_fn.minimizers)
+    assert abs(float(res.value) - minimum) < 1e-6  # published minimum value
+    dist = min(float(jnp.linalg.norm(res.params - jnp.asarray(m))) for m in minimizers)
     assert dist < 1e-4
     assert int(res.nfev) > int(res.steps)
-
-
-def test_test_functions_minima():
-    for test_fn in (testfunctions.CAMEL, testfunctions.GOLDSTEIN_PRICE, testfunctions.ROSENBROCK):
-        for m in test_fn.local_minimizers:
-            g = jax.grad(test_fn.fn)(jnp.asarray(m))
-            # Minimizers stored to 12 digits: the gradient vanishes to that level.
-            assert float(jnp.max(jnp.abs(g))) < 1e-9
-        for m in test_fn.minimizers:
-            assert abs(float(test_fn.fn(jnp.asarray(m))) - test_fn.minimum) < 1e-9
-
-
-def test_xor_fit():
-    x = jnp.asarray([[0, 0], [0, 1], [1, 0], [1, 1]], jnp.float64)
-    y = jnp.asarray([0, 1, 1, 0], jnp.float64)
-
-    def loss(p):
-        (w1, b1), (w2, b2) = p
-        return jnp.mean((jax.nn.sigmoid(jnp.tanh(x @ w1 + b1) @ w2 + b2)[:, 0] - y) ** 2)
-
-    from jode_experiments.ode_optimizer import init_mlp
-
-    p0 = init_mlp(jax.random.PRNGKey(1), (2, 4, 1), jnp.float64)
-    (p, state), _ = _run(optim.gradient_flow(rtol=1e-6, atol=1e-8), loss, p0, 300)
-    (w1, b1), (w2, b2) = p
-    pred = jax.nn.sigmoid(jnp.tanh(x @ w1 + b1) @ w2 + b2)[:, 0]
-    assert np.array_equal(np.asarray(pred > 0.5), np.asarray(y > 0.5))
-    assert float(loss(p)) < 1e-2
-    assert float(state.value) == pytest.approx(float(loss(p)), rel=1e-10)
-
-
-def test_run_to_target_counts_match_adam_reference():
-    # Adam's iterates from run_to_target equal a plain optax loop's; the hit is where f
-    # first falls within 1e-6 of the nearest local minimum.
-    from jode_experiments.testfunctions import local_minima_table
-
-    fn = testfunctions.CAMEL.fn
-    minima, values, _ = local_minima_table(testfunctions.CAMEL)
-    promotion = jax.numpy_dtype_promotion("standard")  # optax.adam mixes int32 counts and floats
-    promotion.__enter__()
-    x0 = jnp.asarray([0.6, -0.2])
-    res = jax.jit(
-        lambda x: compare.run_to_target(
-            "adam", fn, x, minima, values, learning_rate=0.05, max_iters=3000
-        )
-    )(x0)
-    opt = optax.adam(0.05)
-    step = jax.jit(lambda p, s: opt.update(jax.grad(fn)(p), s, p))
-    p, s, k = x0, opt.init(x0), 0
-    near = lambda p: int(jnp.argmin(jnp.sum((minima - p) ** 2, axis=-1)))  # noqa: E731
-    while float(fn(p) - values[near(p)]) >= 1e-6:
-        u, s = step(p, s)
-        p, k = p + u, k + 1
-    promotion.__exit__(None, None, None)
-    assert 10 < k < 3000
-    assert int(res.hit_iters) == k
-    assert int(res.hit_nfev) == k + 1
-    assert int(res.hit_nhvp) == 0
-    np.testing.assert_allclose(np.asarray(res.params), np.asarray(p), rtol=1e-12)
 
 
 def test_bad_arguments():
@@ -401,3 +339,30 @@ def test_bad_arguments():
         optim.heavy_ball_flow(optim.Ros2())
     with pytest.raises(ValueError, match="krylov_steps"):
         optim.Ros2(krylov_steps=0)
+
+
+@pytest.mark.parametrize(
+    "solver, rtol, bound",
+    [(optim.Ros2(), 1e-6, 2e-6), (optim.Chebyshev(stages=10), 1e-4, 5e-3)],
+    ids=["Ros2", "Chebyshev"],
+)
+def test_flow_steppers_are_solvers_of_the_one_protocol(solver, rtol, bound):
+    # The optimizer's steppers are jode.AbstractSolvers: jode.solve runs them as it runs
+    # Tsit5. The stiff gradient flow θ' = -diag(1, 100) θ, θ(0) = (1, 1): θ(1) = (e^-1, e^-100).
+    assert isinstance(solver, jode.AbstractSolver) and solver.adaptive
+    lam = jnp.asarray([1.0, 100.0])
+    sol = jode.solve(lambda t, y, a: -lam * y, jnp.ones(2), 0.0, 1.0, solver=solver,
+                     rtol=rtol, atol=rtol * 1e-2, max_steps=20000)
+    np.testing.assert_allclose(np.asarray(sol.ys[-1]), np.exp(-np.asarray(lam)), atol=bound)
+    assert int(sol.stats["nfev"]) == solver.f_evals_per_step * int(sol.stats["steps"]) + 2
+    # One step through the protocol is the step the optimizer takes (same h, same θ_n).
+    h = 0.002
+    field = lambda t, y: -lam * y  # noqa: E731
+    y0 = jnp.asarray([1.0, 1.0])
+    res = solver.step(field, 0.0, y0, field(0.0, y0), h, solver.init_state(field, 0.0, y0,
+                                                                          field(0.0, y0)))
+    opt = optim.gradient_flow(solver, rtol=1.0, atol=1.0, dt0=h)  # loose: h is accepted
+    loss = lambda p: 0.5 * jnp.sum(lam * p**2)  # noqa: E731
+    (p, state), _ = _run(opt, loss, y0, 1)
+    assert int(state.rejected) == 0 and int(state.count) == 1
+    np.testing.assert_allclose(np.asarray(p), np.asarray(res.y1), rtol=1e-12)

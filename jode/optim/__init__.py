@@ -13,5 +13,5 @@ from .heavy_ball import HeavyBallState as HeavyBallState
 from .heavy_ball import heavy_ball_flow as heavy_ball_flow
 from .minimize import FlowResult as FlowResult
 from .minimize import minimize_by_flow as minimize_by_flow
-from .rosenbrock import Ros2 as Ros2
-from .rosenbrock import truncated_cg as truncated_cg
+from .ros2 import Ros2 as Ros2
+from .ros2 import truncated_cg as truncated_cg

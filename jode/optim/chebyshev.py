@@ -28,9 +28,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..ode.explicit import AbstractSolver, StepResult
+from ..ode.interpolation import hermite_coeffs
 
-class Chebyshev(eqx.Module):
+
+class Chebyshev(AbstractSolver):
     """Damped first-order Runge-Kutta-Chebyshev with a fixed number of stages.
+
+    A `jode.AbstractSolver`: `gradient_flow(Chebyshev())` and
+    `jode.solve(..., solver=Chebyshev())` step the same way. Meant for fields whose
+    Jacobian has a real (or nearly real) spectrum, such as gradient flows.
 
     Args:
         stages: s >= 2; the real stability interval is about 1.93 s² for the default damping.
@@ -47,8 +54,29 @@ class Chebyshev(eqx.Module):
             raise ValueError(f"damping must be >= 0; got damping={self.damping}")
 
     @property
+    def order(self) -> int:
+        return 1
+
+    @property
     def error_order(self) -> int:
         return 2
+
+    @property
+    def f_evals_per_step(self) -> int:
+        """s - 1 stages after the carried F(θ_n), and F(θ_{n+1}) for the error estimate."""
+        return int(self.stages)
+
+    @property
+    def implicit(self) -> bool:
+        return False
+
+    def step(self, f, t, y, fy, h, state=None) -> StepResult:
+        """θ_{n+1} = Y_s and e = θ_{n+1} - θ_n - (h/2)(F(θ_n) + F(θ_{n+1})) (f autonomous)."""
+        y1 = chebyshev_stages(self, lambda z: f(t, z), y, fy, h)
+        f1 = f(t + h, y1)
+        error = y1 - y - (0.5 * h) * (fy + f1)
+        ok = jnp.all(jnp.isfinite(y1)) & jnp.all(jnp.isfinite(f1))
+        return StepResult(y1, f1, error, hermite_coeffs(y, y1, fy, f1, h), ok, state)
 
     def coefficients(self):
         """(w_1 b_1, μ_j, ν_j, μ̃_j for j = 2..s) as NumPy arrays."""

@@ -10,9 +10,9 @@ gradient-descent steps: the solver's error control chooses the step, so there is
 learning rate, only tolerances. `gradient_flow` makes each optax update one *accepted*
 step of an error-controlled integrator of (1):
 
-- explicit: any adaptive `jode` Runge-Kutta tableau (Tsit5, Bosh3, Dopri5 …), the step
-  from `jode.ode.explicit.rk_step` and the next step size from the core's PID controller
-  (`jode.ode.control.pid_update`) on the scaled embedded error
+- explicit: any adaptive `jode` Runge-Kutta method (Tsit5, Bosh3, Dopri5 …), the step
+  from the solver's own `step` (the `jode.AbstractSolver` protocol) and the next step size
+  from the core's PID controller (`jode.ode.control.pid_update`) on the scaled embedded error
   ‖e / (atol + rtol·max(|θ_n|, |θ_{n+1}|))‖_RMS (Hairer, Nørsett & Wanner 1993, §II.4),
   or, with `error_scale="step"`, on ‖e‖_RMS / (atol + rtol·‖θ_{n+1} - θ_n‖_RMS);
 - explicit Euler with Heun's error estimate (`jode.optim.EulerHeun`, FSAL, one gradient
@@ -23,7 +23,10 @@ step of an error-controlled integrator of (1):
   stiff mode λ at h_n λ < 2·rtol, inside Euler's stability interval;
 - linearly implicit: `jode.optim.Ros2`, a Rosenbrock W-method whose linear systems
   (I + γhH)k = r are solved by truncated conjugate gradients with Hessian-vector products
-  (see `jode.optim.rosenbrock`), for stiff flows.
+  (see `jode.optim.ros2`), for stiff flows.
+
+Every solver is a `jode.AbstractSolver` and is stepped through that one protocol
+(`init_state`, `step`), exactly as `jode.solve` steps it.
 
 Why the second scale. Near a minimizer the flow's motion goes to 0 but |θ| does not, so the
 classic scale keeps allowing an error of about rtol·|θ| per step. There an explicit method
@@ -62,14 +65,17 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from .._results import RESULTS
 from ..ode.control import PIDController, initial_step, pid_update, rms_norm, scaled_error
-from ..ode.explicit import ExplicitRK, Tsit5, rk_step
-from .chebyshev import Chebyshev, chebyshev_stages
-from .rosenbrock import Ros2, ros2_step
+from ..ode.explicit import AbstractExplicitRK, AbstractSolver, Tsit5
+from .chebyshev import Chebyshev
+from .ros2 import Ros2
 
-# Status codes kept in FlowState.status (int32).
-OK = 0
-ALL_REJECTED = 1  # max_rejects retries were all rejected: parameters unchanged this update
+# Status codes kept in FlowState.status (int32), from the shared `jode.RESULTS`.
+OK = int(RESULTS.SUCCESS)
+#: max_rejects retries were all rejected (the step kept shrinking without an acceptance):
+#: parameters unchanged this update. The step-size failure of `jode.solve`.
+ALL_REJECTED = int(RESULTS.DT_UNDERFLOW)
 
 #: How the local error estimate is scaled before the controller compares it with 1.
 ERROR_SCALES = ("params", "step")
@@ -89,7 +95,8 @@ class FlowState(NamedTuple):
         rejected: rejected attempts in total.
         nfev: gradient evaluations in total (each also gives L), rejected attempts included.
         nhvp: Hessian-vector products in total (implicit solver only).
-        status: OK (0) or ALL_REJECTED (1) for the last update.
+        status: OK (`RESULTS.SUCCESS`) or ALL_REJECTED (`RESULTS.DT_UNDERFLOW`) for the
+            last update.
     """
 
     h: jax.Array
@@ -109,13 +116,13 @@ def _concrete(x) -> bool:
 
 
 def _check(solver, rtol, atol, max_rejects, controller, error_scale):
-    if not isinstance(solver, ExplicitRK | Ros2 | Chebyshev):
+    if not isinstance(solver, AbstractExplicitRK | Ros2 | Chebyshev):
         raise ValueError(
             "solver must be an adaptive jode Runge-Kutta solver (jode.Tsit5(), jode.Bosh3(), "
             "jode.Dopri5(), jode.optim.EulerHeun(), …), jode.optim.Chebyshev() or "
             f"jode.optim.Ros2(); got solver={solver!r}"
         )
-    if isinstance(solver, ExplicitRK) and not solver.adaptive:
+    if not solver.adaptive:
         raise ValueError(
             f"{solver!r} has no embedded error estimate, so it cannot control the flow's "
             "step: use jode.Tsit5(), jode.Bosh3(), jode.optim.EulerHeun() or jode.Dopri5()"
@@ -201,10 +208,8 @@ def gradient_flow(
         )
         dtype = y.dtype
 
-        if isinstance(solver, Ros2):
+        if solver.implicit:
             attempt, error_order, nfev0, extra = _implicit_attempt(solver, value_and_grad, y, g0)
-        elif isinstance(solver, Chebyshev):
-            attempt, error_order, nfev0, extra = _chebyshev_attempt(solver, value_and_grad, y, g0)
         else:
             attempt, error_order, nfev0, extra = _explicit_attempt(
                 solver, value_and_grad, y, g0, v0
@@ -229,7 +234,7 @@ def gradient_flow(
         )
         out_y1, out_v1, out_g1 = out["payload"]
         accept, tries = out["accept"], out["tries"]
-        if isinstance(solver, Ros2):
+        if solver.implicit:
             # Rosenbrock stages do not end at θ_{n+1}: one more evaluation gives L and ∇L there.
             v1, g1 = jax.lax.cond(
                 accept, lambda z: value_and_grad(z), lambda z: (out_v1, g0), out_y1
@@ -338,14 +343,14 @@ def _step_relative_error(err_vec, dy, rtol, atol):
     return jnp.where(jnp.isfinite(norm), norm, jnp.inf)
 
 
-def _explicit_attempt(solver: ExplicitRK, value_and_grad, y, g0, v0):
-    """One explicit RK attempt from θ_n with step h (a closure over θ_n and its gradient).
+def _explicit_attempt(solver: AbstractSolver, value_and_grad, y, g0, v0):
+    """One explicit attempt from θ_n with step h (a closure over θ_n and its gradient).
 
     The loss value rides along as an extra, passive component of the state: the vector
-    field returns [-∇L(θ), L(θ)], so for an FSAL tableau the last stage hands over L and ∇L
-    at θ_{n+1} with no further evaluation (the error norm uses the first n components only).
+    field returns [-∇L(θ), L(θ)], so the step's F(θ_{n+1}) (an FSAL tableau's last stage,
+    or the evaluation every other explicit step ends with) hands over L and ∇L at θ_{n+1}
+    with no further evaluation (the error norm uses the first n components only).
     """
-    tableau = solver.tableau
     n = y.shape[0]
 
     def field(t, z):
@@ -358,36 +363,27 @@ def _explicit_attempt(solver: ExplicitRK, value_and_grad, y, g0, v0):
     zero = jnp.zeros((), y.dtype)
 
     def attempt(h):
-        res = rk_step(tableau, field, zero, z0, fz0, h)
+        res = solver.step(field, zero, z0, fz0, h)
         y1 = res.y1[:n]
         ok = jnp.all(jnp.isfinite(y1)) & jnp.all(jnp.isfinite(res.f1))
         return y1, res.f1[n], -res.f1[:n], res.error[:n], ok, jnp.zeros((), jnp.int32)
 
-    per_try = tableau.f_evals_per_step
-    return attempt, solver.error_order, 0, {"nfev_per_try": per_try}
+    return attempt, solver.error_order, 0, {"nfev_per_try": solver.f_evals_per_step}
 
 
-def _chebyshev_attempt(solver: Chebyshev, value_and_grad, y, g0):
-    """One Runge-Kutta-Chebyshev attempt; the last evaluation gives L, ∇L at θ_{n+1}."""
-
-    def attempt(h):
-        y1 = chebyshev_stages(solver, lambda z: -value_and_grad(z)[1], y, -g0, h)
-        v1, g1 = value_and_grad(y1)
-        err = y1 - y + (0.5 * h) * (g0 + g1)
-        ok = jnp.all(jnp.isfinite(y1)) & jnp.all(jnp.isfinite(g1)) & jnp.isfinite(v1)
-        return y1, v1, g1, err, ok, jnp.zeros((), jnp.int32)
-
-    return attempt, solver.error_order, 0, {"nfev_per_try": int(solver.stages)}
-
-
-def _implicit_attempt(solver: Ros2, value_and_grad, y, g0):
-    """One Ros2 attempt; the Hessian is linearized once per update (one gradient's cost)."""
-    grad_flat = lambda z: value_and_grad(z)[1]  # noqa: E731
-    _, hvp = jax.linearize(grad_flat, y)
+def _implicit_attempt(solver: AbstractSolver, value_and_grad, y, g0):
+    """One attempt of a stiff solver (Ros2) on the plain flow F = -∇L, whose Jacobian -H is
+    symmetric (what Ros2's conjugate gradients need). The state counts the Hessian-vector
+    products; F(θ_{n+1}) is evaluated by the caller only for an accepted step (the step's
+    own evaluation of it, unused here, is removed by XLA as dead code)."""
+    field = lambda t, z: -value_and_grad(z)[1]  # noqa: E731
+    zero = jnp.zeros((), y.dtype)
+    state0 = solver.init_state(field, zero, y, -g0)
 
     def attempt(h):
-        y1, err, ok, hvps = ros2_step(solver, grad_flat, hvp, y, g0, h)
-        return y1, jnp.zeros((), y.dtype), g0, err, ok, hvps
+        res = solver.step(field, zero, y, -g0, h, state0)
+        hvps = res.state.nhvp - state0.nhvp
+        return res.y1, jnp.zeros((), y.dtype), g0, res.error, res.ok, hvps
 
-    # linearize: 1 evaluation; each try: the second stage's gradient.
-    return attempt, 2, 1, {"nfev_per_try": 1}
+    # Each try: the linearization at θ_n and the second stage (F(θ_{n+1}) is not used).
+    return attempt, solver.error_order, 0, {"nfev_per_try": solver.f_evals_per_step - 1}

@@ -12,7 +12,7 @@ of their start, the inertia of (1) can carry θ over a ridge into another basin:
 optimizer is a *different ODE*, not a better integrator of the gradient flow.
 
 `heavy_ball_flow` makes each optax update one accepted step of an error-controlled explicit
-Runge-Kutta integrator of (1), with the step from `jode.ode.explicit.rk_step`, the error
+Runge-Kutta integrator of (1), with the step from the solver's own `step`, the error
 norm over (θ, v) and the step size from the core's PID controller, as `gradient_flow` does
 for the gradient flow (same error scales, same retry loop). The velocity, step size and
 controller memory live in the state; its `value` and `grad` fields (L and ∇L at the new
@@ -38,7 +38,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from ..ode.control import PIDController, initial_step
-from ..ode.explicit import ExplicitRK, Tsit5, rk_step
+from ..ode.explicit import AbstractExplicitRK, Tsit5
 from .flow import FlowState, _check, _concrete, advance, flat_problem, fresh_state, retry
 
 
@@ -73,8 +73,8 @@ def heavy_ball_flow(
 
     Args:
         solver: an adaptive explicit `jode` Runge-Kutta solver: `jode.Tsit5()` (default),
-            `jode.Bosh3()`, `jode.Dopri5()` …; FSAL tableaux hand over L and ∇L at the new
-            parameters for free.
+            `jode.Bosh3()`, `jode.Dopri5()` …; every step ends with f at the new point, which
+            hands over L and ∇L there (for free with an FSAL tableau).
         damping: the friction coefficient γ > 0 (per unit flow time). Small γ: more inertia,
             longer oscillations; γ² ≥ 4λ_max: every mode of a quadratic is overdamped.
             May be a traced scalar.
@@ -97,7 +97,7 @@ def heavy_ball_flow(
     """
     solver = Tsit5() if solver is None else solver
     controller = PIDController() if controller is None else controller
-    if not isinstance(solver, ExplicitRK):
+    if not isinstance(solver, AbstractExplicitRK):
         raise ValueError(
             "solver must be an adaptive explicit jode Runge-Kutta solver (jode.Tsit5(), "
             f"jode.Bosh3(), jode.Dopri5()); got solver={solver!r}"
@@ -105,8 +105,7 @@ def heavy_ball_flow(
     _check(solver, rtol, atol, max_rejects, controller, error_scale)
     if _concrete(damping) and not damping > 0:
         raise ValueError(f"damping must be > 0 (the friction γ); got damping={damping}")
-    tableau = solver.tableau
-    per_try = tableau.f_evals_per_step
+    per_try = solver.f_evals_per_step
 
     def init_fn(params) -> HeavyBallState:
         return HeavyBallState(fresh_state(params, dt0), jax.tree.map(jnp.zeros_like, params))
@@ -124,7 +123,7 @@ def heavy_ball_flow(
         v_vel = ravel_pytree(state.velocity)[0].astype(dtype)
 
         # z = (θ, v, L, ∇L): the last two are passive components (never in the error norm)
-        # so that an FSAL tableau's last stage hands over L and ∇L at θ_{n+1}.
+        # so that the step's f(z_1) hands over L and ∇L at θ_{n+1}.
         def field(t, z):
             del t
             val, g = value_and_grad(z[:n])
@@ -146,7 +145,7 @@ def heavy_ball_flow(
         nfev = st.nfev + need_h.astype(jnp.int32)
 
         def attempt(h):
-            res = rk_step(tableau, field, zero_t, z0, fz0, h)
+            res = solver.step(field, zero_t, z0, fz0, h)
             ok = jnp.all(jnp.isfinite(res.y1)) & jnp.all(jnp.isfinite(res.f1))
             zero = jnp.zeros((), jnp.int32)
             return res.y1[: 2 * n], res.error[: 2 * n], ok, (res.y1, res.f1), zero
@@ -157,11 +156,9 @@ def heavy_ball_flow(
             controller=controller, max_rejects=max_rejects,
         )
         accept, tries = out["accept"], out["tries"]
+        # f(z_1) ends every explicit step (an FSAL tableau's last stage, or the evaluation
+        # after the stages): its passive components are L and ∇L at θ_{n+1}.
         z1, f1 = out["payload"]
-        if not tableau.fsal:
-            # The passive components of f(z_1) are L and ∇L at θ_{n+1}: one more evaluation.
-            f1 = jax.lax.cond(accept, lambda z: field(zero_t, z), lambda z: fz0, z1)
-            nfev = nfev + accept.astype(jnp.int32)
         nfev = nfev + tries * per_try
         v1, g1 = f1[2 * n], f1[2 * n + 1 :]
         step = jnp.where(accept, z1[:n] - y, jnp.zeros_like(y))

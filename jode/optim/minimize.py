@@ -17,12 +17,12 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from ..ode.explicit import ExplicitRK, Tsit5
+from ..ode.explicit import AbstractExplicitRK, Tsit5
 from ..ode.solution import Status
 from ..ode.solve import solve
 from .chebyshev import Chebyshev
 from .flow import ALL_REJECTED, gradient_flow
-from .rosenbrock import Ros2
+from .ros2 import Ros2
 
 
 class FlowResult(NamedTuple):
@@ -102,7 +102,7 @@ def minimize_by_flow(
     grad = jax.grad(loss)
     if isinstance(solver, Ros2 | Chebyshev):
         return _minimize_loop(loss, params0, args, solver, rtol, atol, gtol, max_steps, throw)
-    if not isinstance(solver, ExplicitRK) or not solver.adaptive:
+    if not isinstance(solver, AbstractExplicitRK) or not solver.adaptive:
         raise ValueError(
             f"solver must be an adaptive jode solver (jode.Tsit5(), jode.Bosh3(), …) or "
             f"jode.optim.Ros2(); got solver={solver!r}"

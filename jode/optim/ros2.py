@@ -11,13 +11,15 @@ order 2 and L-stable; it is a W-method (order 2 whatever matrix stands in for J)
 what makes inexact Hessians and inexact linear solves safe. The embedded first-order
 solution θ_n + h k_1 gives the error estimate e = (h/2)(k_1 + k_2) (their eq. 2.6).
 
-No dense Hessian is formed: W v = v + γh·Hv with Hessian-vector products from
-`jax.linearize` of the gradient (Pearlmutter 1994), and each system is solved by conjugate
-gradients truncated at `krylov_steps` iterations or when the residual falls below
-`krylov_rtol`·‖r‖. W is symmetric but indefinite where L has negative curvature and h is
-large; CG then stops at the first direction of non-positive curvature and returns its
-iterate so far, or the right-hand side itself (the explicit direction) if that happens at
-once (the truncated Newton-CG rule, Nocedal & Wright 2006, Alg. 7.1).
+It is a `jode.AbstractSolver` for any autonomous field F with a symmetric Jacobian (a
+gradient flow). No dense matrix is formed: W v = v - γh·J v with Jacobian-vector products
+from `jax.linearize` of F at θ_n (for F = -∇L, Hessian-vector products: Pearlmutter 1994),
+and each system is solved by conjugate gradients truncated at `krylov_steps` iterations or
+when the residual falls below `krylov_rtol`·‖r‖. W is symmetric but indefinite where L has
+negative curvature and h is large; CG then stops at the first direction of non-positive
+curvature and returns its iterate so far, or the right-hand side itself (the explicit
+direction) if that happens at once (the truncated Newton-CG rule, Nocedal & Wright 2006,
+Alg. 7.1).
 
 References:
     J. G. Verwer, E. J. Spee, J. G. Blom, W. Hundsdorfer (1999), "A second-order Rosenbrock
@@ -29,16 +31,30 @@ References:
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from ..ode.explicit import AbstractSolver, StepResult
+from ..ode.interpolation import hermite_coeffs
+
 GAMMA = 1.0 + 1.0 / math.sqrt(2.0)
 
 
-class Ros2(eqx.Module):
+class Ros2State(NamedTuple):
+    """Counts carried between steps: Jacobian-vector products (CG iterations) in total."""
+
+    nhvp: jax.Array
+
+
+class Ros2(AbstractSolver):
     """ROS2 Rosenbrock W-method with Krylov (CG) linear solves; see the module docstring.
+
+    A `jode.AbstractSolver`: `gradient_flow(Ros2())` and `jode.solve(..., solver=Ros2())`
+    step the same way. The field must be autonomous with a symmetric Jacobian (CG), as a
+    gradient flow's -∇L is.
 
     Args:
         krylov_steps: most CG iterations (Hessian-vector products) per linear solve.
@@ -61,6 +77,41 @@ class Ros2(eqx.Module):
     @property
     def error_order(self) -> int:
         return 2
+
+    @property
+    def f_evals_per_step(self) -> int:
+        """The linearization at θ_n, the second stage, and F(θ_{n+1}) for the next step."""
+        return 3
+
+    @property
+    def implicit(self) -> bool:
+        return True
+
+    def init_state(self, f, t, y, fy, rtol=1e-6, atol=1e-6) -> Ros2State:
+        del f, t, y, fy, rtol, atol
+        return Ros2State(nhvp=jnp.zeros((), jnp.int32))
+
+    def step(self, f, t, y, fy, h, state: Ros2State | None = None) -> StepResult:
+        """One ROS2 step of θ' = F(θ) from θ_n = y with fy = F(θ_n) (equations above)."""
+        if state is None:
+            state = self.init_state(f, t, y, fy)
+        _, jvp = jax.linearize(lambda z: f(t, z), y)
+
+        def w(v):
+            return v - (GAMMA * h) * jvp(v)
+
+        k1, n1 = truncated_cg(w, fy, self.krylov_steps, self.krylov_rtol)
+        f2 = f(t + h, y + h * k1)
+        k2, n2 = truncated_cg(w, f2 - 2.0 * k1, self.krylov_steps, self.krylov_rtol)
+        y1 = y + h * (1.5 * k1 + 0.5 * k2)
+        err = (0.5 * h) * (k1 + k2)
+        f1 = f(t + h, y1)
+        ok = jnp.all(jnp.isfinite(y1)) & jnp.all(jnp.isfinite(err))
+        new_state = Ros2State(nhvp=state.nhvp + n1 + n2)
+        return StepResult(y1, f1, err, hermite_coeffs(y, y1, fy, f1, h), ok, new_state)
+
+    def stats(self, state: Ros2State) -> dict:
+        return dict(nhvp=state.nhvp)
 
     def __repr__(self) -> str:
         return f"jode.optim.Ros2(krylov_steps={self.krylov_steps}, krylov_rtol={self.krylov_rtol})"
@@ -105,27 +156,3 @@ def truncated_cg(matvec, b, max_steps: int, rtol: float):
     init = (zero, b, b, jnp.vdot(b, b), jnp.zeros((), jnp.int32), jnp.zeros((), bool))
     x, _, _, _, steps, _ = jax.lax.while_loop(cond, body, init)
     return x.astype(dtype), steps
-
-
-def ros2_step(solver: Ros2, grad_fn, hvp, y, g0, h):
-    """One ROS2 step of dθ/dt = -∇L(θ) from θ_n = y with gradient g0 = ∇L(θ_n).
-
-    Args:
-        grad_fn: θ -> ∇L(θ) (flat arrays).
-        hvp: v -> H(θ_n) v.
-        h: the step size.
-
-    Returns:
-        (θ_{n+1}, error estimate, finite?, Hessian-vector products used).
-    """
-
-    def w(v):
-        return v + (GAMMA * h) * hvp(v)
-
-    k1, n1 = truncated_cg(w, -g0, solver.krylov_steps, solver.krylov_rtol)
-    g2 = grad_fn(y + h * k1)
-    k2, n2 = truncated_cg(w, -g2 - 2.0 * k1, solver.krylov_steps, solver.krylov_rtol)
-    y1 = y + h * (1.5 * k1 + 0.5 * k2)
-    err = (0.5 * h) * (k1 + k2)
-    ok = jnp.all(jnp.isfinite(y1)) & jnp.all(jnp.isfinite(err))
-    return y1, err, ok, n1 + n2
