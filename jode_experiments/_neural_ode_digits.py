@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
+from tqdm.auto import tqdm
 
 from jode.nn.neural_ode import ConvField, NeuralODE, ODEBlock, _conv_init, conv3x3, group_norm
 
@@ -123,6 +124,8 @@ def train_classifier(
     log=None,
     eval_every=0,
     augment=False,
+    desc="train",
+    progress=True,
 ):
     """Adam(W) with a cosine schedule on cross-entropy, optionally with random one-pixel
     shifts of the training images. Returns (model, history dict); the history's
@@ -156,7 +159,8 @@ def train_classifier(
     history["compile_time_s"] = time.perf_counter() - start
     step = compiled
     start = time.perf_counter()
-    for epoch in range(epochs):
+    # Compiled above: every epoch costs the same, so a plain bar's ETA is right.
+    for epoch in tqdm(range(epochs), desc=desc, leave=False, disable=not progress):
         perm = rng.permutation(len(x_tr))
         losses = []
         for i in range(steps_per_epoch):
@@ -222,7 +226,8 @@ def digits_table(
     }
     rows, trained = {}, {}
     for name in models:
-        model, hist = train_classifier(makers[name](), data, seed=seed, log=log, **recipe)
+        model, hist = train_classifier(makers[name](), data, seed=seed, log=log,
+                                       desc=f"digits: {name}", **recipe)
         acc = accuracy(model, data[2], data[3])
         rows[name] = {
             "seed": seed,

@@ -10,13 +10,13 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import optax
-from tqdm import tqdm
 
 from jode.nn.cnf import CNF, gaussian_baseline
 from jode.nn.latent import LatentODE, RNNBaseline
 from jode.nn.neural_ode import MLPField
 from jode.ode.explicit import RK4, Tsit5
 from jode_experiments.data.toy import sample_density, spirals
+from jode_experiments.progress import steps
 
 
 def _fit(model, loss_fn, n_iter, lr, key, desc, progress=True, cosine=False):
@@ -33,7 +33,7 @@ def _fit(model, loss_fn, n_iter, lr, key, desc, progress=True, cosine=False):
 
     losses = []
     start = time.perf_counter()
-    for _ in tqdm(range(n_iter), desc=desc, disable=not progress, mininterval=5):
+    for _ in steps(range(n_iter), desc, progress, mininterval=5):
         key, sub = jr.split(key)
         model, state, loss = step(model, state, sub)
         losses.append(float(loss))

@@ -23,6 +23,7 @@ from jode.ode.adjoint import BacksolveAdjoint
 from jode.ode.explicit import Tsit5
 from jode_experiments import plot
 from jode_experiments.data.toy import DENSITIES
+from jode_experiments.progress import Stages, steps
 
 from . import _neural_ode_digits as dg
 from . import _neural_ode_generative as gen
@@ -31,6 +32,8 @@ from ._neural_ode_memory import measure_in_subprocess
 NAME = "neural-ode"
 
 QUICK = dict(
+    # The ODE-Net only: each network's training step is one more compilation.
+    digits_models=("odenet",),
     channels=8,
     recipe=dict(epochs=4, lr=1e-2, augment=False),
     mlp_hidden=64,
@@ -78,6 +81,7 @@ def digits_comparison(cfg, seed):
         channels=cfg["channels"],
         res_blocks=cfg["res_blocks"],
         mlp_hidden=cfg["mlp_hidden"],
+        models=cfg.get("digits_models", ("odenet", "resnet", "mlp")),
         **cfg["recipe"],
     )
     return rows, trained["odenet"], data
@@ -180,7 +184,7 @@ def nfe_during_training(n_iter, out_dir, key, quick=False, progress=True):
 
     rng = np.random.default_rng(0)
     fwd, bwd, losses = [], [], []
-    for _ in plot.progress(range(n_iter), "NFE during training", progress):
+    for _ in steps(range(n_iter), "NFE during training", progress):
         s = rng.choice(len(ts) - batch_time, batch_size, replace=False)
         # One shared (relative) time grid: the windows start at different states.
         y0 = ys[s]
@@ -225,7 +229,7 @@ def memory_scaling(steps, size, out_dir, quick=False, progress=True):
     """One gradient step per (adjoint, step count), each in a fresh process."""
     rows = {"direct": [], "backsolve": []}
     jobs = [(adjoint, n) for adjoint in rows for n in steps]
-    for adjoint, n in plot.progress(jobs, "memory (fresh processes)", progress):
+    for adjoint, n in steps(jobs, "memory (fresh processes)", progress):
         rows[adjoint].append(measure_in_subprocess(adjoint, n, *size))
     memory_figure(rows, out_dir, quick)
 
@@ -324,18 +328,27 @@ def run(out_dir: pathlib.Path, quick: bool) -> dict:
     k = jr.split(key, 6)
     metrics = {}
     t = time.perf_counter()
-    rows, odenet, data = digits_comparison(cfg, seed=0)
+    stage = Stages(NAME)
+    with stage("digits: ODE-Net, ResNet, MLP"):
+        rows, odenet, data = digits_comparison(cfg, seed=0)
     metrics["digits"] = rows
-    metrics["tolerance"] = tolerance_sweep(odenet, data, cfg["tols"], out_dir, quick)
-    metrics["nfe_training"] = nfe_during_training(cfg["nfe_iters"], out_dir, k[1], quick)
-    metrics["memory"] = memory_scaling(cfg["mem_steps"], cfg["mem_size"], out_dir, quick)
-    latent, latent_plot = gen.train_latent(k[2], **cfg["latent"])
-    metrics["latent"] = latent
-    latent_figure(latent_plot, out_dir, quick)
+    with stage("tolerance sweep"):
+        metrics["tolerance"] = tolerance_sweep(odenet, data, cfg["tols"], out_dir, quick)
+    with stage("NFE during training"):
+        metrics["nfe_training"] = nfe_during_training(cfg["nfe_iters"], out_dir, k[1], quick)
+    with stage("memory vs steps"):
+        metrics["memory"] = memory_scaling(cfg["mem_steps"], cfg["mem_size"], out_dir, quick)
+    with stage("latent ODE"):
+        latent, latent_plot = gen.train_latent(k[2], **cfg["latent"])
+        metrics["latent"] = latent
+        latent_figure(latent_plot, out_dir, quick)
     cnfs, metrics["cnf"] = {}, {}
-    for i, name in enumerate(cfg.get("densities", tuple(DENSITIES))):
-        metrics["cnf"][name], cnfs[name] = gen.train_cnf(jr.fold_in(k[3], i), name, **cfg["cnf"])
-    cnf_figure(cnfs, out_dir, k[4], quick)
+    with stage("continuous normalizing flows"):
+        for i, name in enumerate(cfg.get("densities", tuple(DENSITIES))):
+            metrics["cnf"][name], cnfs[name] = gen.train_cnf(
+                jr.fold_in(k[3], i), name, **cfg["cnf"])
+        cnf_figure(cnfs, out_dir, k[4], quick)
+    metrics["stage_seconds"] = stage.seconds
     metrics["acceptance"] = {
         "odenet_accuracy_ge_0.985": rows["odenet"]["test_accuracy"] >= 0.985,
         "latent_extrap_beats_rnn": latent["latent_extrap_mse"] < latent["rnn_extrap_mse"],

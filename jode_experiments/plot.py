@@ -68,22 +68,3 @@ def fmt(x, digits: int = 4) -> str:
         return f"{float(arr):.{digits}g}"
     return "(" + ", ".join(f"{float(v):.{digits}g}" for v in arr.ravel()) + ")"
 
-
-def progress(items, desc: str, enabled: bool = True):
-    """Iterate `items` with a tqdm bar whose rate and ETA leave out the first item.
-
-    The first item usually compiles (seconds to minutes) and the rest reuse it, so the bar
-    starts after the first item with `initial=1`: its ETA is the steady-state rate's.
-    """
-    items = list(items)
-    if not enabled or not items:
-        yield from items
-        return
-    from tqdm.auto import tqdm
-
-    print(f"{desc}: 1/{len(items)} (compiling)", flush=True)
-    yield items[0]
-    with tqdm(total=len(items), initial=1, desc=desc, dynamic_ncols=True, mininterval=1) as bar:
-        for item in items[1:]:
-            yield item
-            bar.update(1)

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jode_experiments.plot import fmt, integer_ticks, pyplot, savefig
+from jode_experiments.progress import Stages
 
 from . import recovery_systems as R
 
@@ -328,13 +329,17 @@ def run(out_dir: Path, quick: bool) -> dict:
         metrics["parts_done"].append(part)
         write()
 
+    stage = Stages(NAME)
+    metrics["stage_seconds"] = stage.seconds
     for system in systems:
-        metrics["systems"][system.name], arts[system.name] = _system_block(
-            system, seeds, quick, progress)
+        with stage(f"{system.name}: noise-free fit and {len(seeds)} noise seed(s)"):
+            metrics["systems"][system.name], arts[system.name] = _system_block(
+                system, seeds, quick, progress)
         done(system.name)
-    _fig_fits(systems, arts, out_dir, quick)
-    metrics["validation_max_abs_error"] = _fig_validation(systems, arts, out_dir, quick)
-    _fig_losses(systems, arts, out_dir, quick)
+    with stage("figures and validation"):
+        _fig_fits(systems, arts, out_dir, quick)
+        metrics["validation_max_abs_error"] = _fig_validation(systems, arts, out_dir, quick)
+        _fig_losses(systems, arts, out_dir, quick)
     if "lorenz" in names:
         h_clean, h_noisy = _lorenz_horizon(R.SYSTEMS["lorenz"], arts["lorenz"], out_dir,
                                            quick)
@@ -345,16 +350,19 @@ def run(out_dir: Path, quick: bool) -> dict:
             threshold=R.HORIZON_THRESHOLD)
     metrics["acceptance"] = _acceptance(metrics)
     done("figures")
-    metrics["lynx_hare"] = _lynx_hare(out_dir, progress, quick)
+    with stage("lynx-hare fit"):
+        metrics["lynx_hare"] = _lynx_hare(out_dir, progress, quick)
     done("lynx_hare")
 
     def partial_ude(ude):
         metrics["ude"] = ude
         write()
 
-    metrics["ude"] = _ude(out_dir, quick, progress, write=partial_ude)
+    with stage("universal differential equation"):
+        metrics["ude"] = _ude(out_dir, quick, progress, write=partial_ude)
     metrics["skipped_in_quick_mode"] = (
-        ["stuart_landau", "lorenz", "noise seeds 1-4", "UDE on noisy data and on t > 3"]
+        ["stuart_landau", "lorenz", "noise seeds 1-4", "UDE on noisy data and on t > 3",
+         "UDE: 2 windows of 300 L-BFGS steps (full: 3 of 800 on t <= 10)"]
         if quick else [])
     done("ude")
     return metrics

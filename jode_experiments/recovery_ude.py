@@ -62,7 +62,7 @@ class UDEConfig:
 
 
 FULL = UDEConfig()
-QUICK = UDEConfig(t1=3.0, windows=(0.33, 0.67, 1.0), lbfgs_steps=600)
+QUICK = UDEConfig(t1=3.0, windows=(0.5, 1.0), lbfgs_steps=300)
 
 
 class UDEField(eqx.Module):
