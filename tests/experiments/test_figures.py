@@ -216,6 +216,21 @@ def test_optimizer_paths(figures, tmp_path):
     check_figure(fig, quick=True)
 
 
+def test_optimizer_path_gif(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from jode_experiments import ode_optimizer as O
+
+    closed = []
+    real_close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (closed.append(fig), real_close(fig)))
+    path = np.stack([np.linspace(-1.5, 0.09, 4), np.linspace(-0.8, -0.71, 4)], 1)
+    gif = O.path_gif(tmp_path, "camel", {"Adam": path}, frames=2, quick=True)
+    assert gif.exists() and gif.stat().st_size > 0
+    (fig,) = [f for f in closed if f is not None]
+    check_figure(fig, quick=True)
+
+
 # --------------------------------------------------------------------------------- deq
 
 
