@@ -93,6 +93,9 @@ def run_target(name: str, module, quick: bool, results: Path) -> dict:
 
     target = results / name
     work = Path(tempfile.mkdtemp(prefix=f".{name}.running-", dir=results))
+    umask = os.umask(0)
+    os.umask(umask)
+    work.chmod(0o777 & ~umask)  # mkdtemp's folder is private (0o700); results are not
     print(f"[jode] reproduce {name} ({'quick' if quick else 'full'}) -> {target}", flush=True)
     start = time.perf_counter()
     try:

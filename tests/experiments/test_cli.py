@@ -62,6 +62,10 @@ def test_complete_run_writes_folder_and_metrics(tmp_path, fake_targets):
         "metrics.json", "part0.txt", "part1.txt", "part2.txt"]
     # No temporary folders left beside it.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fake"]
+    # Permissions as for any folder this process creates (not the temporary folder's 0o700).
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "fake").stat().st_mode & 0o777 == 0o777 & ~umask
 
 
 def test_interrupted_run_leaves_earlier_complete_folder_intact(tmp_path, fake_targets):
