@@ -90,8 +90,11 @@ def digits_comparison(cfg, seed):
 def tolerance_sweep(model, data, tols, out_dir, quick=False):
     """Evaluate the trained ODE-Net's block adaptively (Tsit5) at each tolerance."""
     x_te, y_te = data[2], data[3]
+    from tqdm.auto import tqdm
+
     res = []
-    for tol in tols:
+    # Each tolerance compiles its own adaptive solve: items of similar cost, a plain bar.
+    for tol in tqdm(tols, desc="tolerance sweep", leave=False):
         ode = model.block.ode
         adaptive = NeuralODE(ode.func, solver=Tsit5(), rtol=tol, atol=tol)
         m = eqx.tree_at(lambda m: m.block.ode, model, adaptive)
