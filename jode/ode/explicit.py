@@ -147,6 +147,13 @@ def rk_step(tableau: tb.ButcherTableau, f, t, y, fy, h) -> StepResult:
     if tableau.interp is None:
         coeffs = hermite_coeffs(y, y1, fy, f1, h)
     else:
+        if tableau.interp_a is not None:
+            # Extra dense-output stages (DOP853): after f(t + h, y_1), each from all the
+            # stages before it. Only the dense output uses them, so when a solve does not
+            # interpolate between steps XLA removes them as dead code.
+            ks = ks + [f1]
+            for row, c in zip(tableau.interp_a, tableau.interp_c, strict=True):
+                ks.append(f(t + float(c) * h, _combine(y, h, row[: len(ks)], ks)))
         coeffs = tableau_coeffs(tableau.interp, y, ks, h)
     return StepResult(y1, f1, error, coeffs, True)
 
@@ -263,7 +270,12 @@ class Tsit5(AbstractExplicitRK):
 
 
 class Dopri8(AbstractExplicitRK):
-    """Dormand-Prince DOP853: order 8, 5th-order error estimate."""
+    """Dormand-Prince DOP853: order 8, 5th-order error estimate, 7th-order dense output.
+
+    The dense output (saving between steps, `SaveAt(dense=True)`, events) evaluates three
+    more stages per step (Hairer, Nørsett & Wanner 1993, §II.6); `Solution.stats["nfev"]`
+    counts the 12 of the step only. A solve that saves only at steps or at t1 skips them.
+    """
 
     tableau: ClassVar[tb.ButcherTableau] = tb.DOPRI8
 

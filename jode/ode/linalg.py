@@ -4,8 +4,13 @@ Gaussian elimination with row pivoting (Golub & Van Loan 2013, *Matrix Computati
 ed., Algorithm 3.4.1): P A = L U with unit lower-triangular L, the multipliers stored
 below U's diagonal. For n ≤ `SMALL` it is written out with elementwise operations,
 gathers and row selections (no LAPACK call and no scatter), so that XLA:CPU can compile a
-stiff solve's step loop into one kernel (see `jode/_xla.py`); larger systems use
+stiff solve's step loop into one kernel (see `jode/_cpu.py`); larger systems use
 `jax.scipy.linalg` (LAPACK getrf/getrs).
+
+This is why the ODE loop does not go through lineax (`lineax.LU`), which the fixed-point
+solvers use for their Krylov solves: lineax's LU is a LAPACK custom call, which would split
+the stiff step loop into separately dispatched kernels; the written-out LU keeps the whole
+loop in one XLA:CPU kernel.
 """
 
 from __future__ import annotations

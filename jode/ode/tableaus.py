@@ -160,7 +160,13 @@ class ButcherTableau(_ValueEq):
         embedded_order: order q of the embedded solution b̂ (checked); the local error
             estimate is O(h^(q+1)), which sets the step-size controller's exponent.
         interp: continuous-extension matrix P of shape (s, d): y(t0 + θh) = y0 +
-            h Σ_i k_i Σ_j P_ij θ^(j+1). None means cubic Hermite interpolation.
+            h Σ_i k_i Σ_j P_ij θ^(j+1). None means cubic Hermite interpolation. With extra
+            dense-output stages P has s + 1 + e rows: row s weights k_s = f(t + h, y_1),
+            rows s + 1 .. s + e the extra stages.
+        interp_a: the extra dense-output stages' coefficients, shape (e, s + 1 + e):
+            k_{s+m} = f(t + interp_c_m h, y + h Σ_j interp_a_mj k_j), j over the s stages,
+            f(t + h, y_1) and the extra stages before it (strictly lower triangular there).
+        interp_c: their nodes, shape (e,): the row sums of `interp_a`.
         tol: tolerance for the consistency and order checks.
 
     A tableau is FSAL ("first same as last") when its last stage is evaluated at
@@ -179,9 +185,11 @@ class ButcherTableau(_ValueEq):
     embedded_order: int | None = None
     interp: np.ndarray | None = None
     tol: float = 1e-10
+    interp_a: np.ndarray | None = None
+    interp_c: np.ndarray | None = None
 
     def __post_init__(self):
-        for field in ("a", "b", "c", "b_err", "interp"):
+        for field in ("a", "b", "c", "b_err", "interp", "interp_a", "interp_c"):
             object.__setattr__(self, field, _readonly(getattr(self, field)))
         s = self.b.shape[0]
         if self.a.shape != (s, s) or self.c.shape != (s,):
@@ -207,9 +215,24 @@ class ButcherTableau(_ValueEq):
             if bad:
                 raise ValueError(f"{self.name}: embedded method misses order {bad}")
         if self.interp is not None:
-            if self.interp.shape[0] != s:
-                raise ValueError(f"{self.name}: interp must have {s} rows")
-            if not np.allclose(self.interp.sum(axis=1), self.b, atol=1e-9):
+            extra = 0 if self.interp_c is None else self.interp_c.shape[0]
+            rows = s if self.interp_a is None else s + 1 + extra
+            if self.interp.shape[0] != rows:
+                raise ValueError(f"{self.name}: interp must have {rows} rows")
+            if (self.interp_a is None) != (self.interp_c is None):
+                raise ValueError(f"{self.name}: give interp_a and interp_c together")
+            if self.interp_a is not None:
+                if self.interp_a.shape != (extra, rows) or np.any(
+                    np.triu(self.interp_a, s + 1) != 0
+                ):
+                    raise ValueError(
+                        f"{self.name}: interp_a must be ({extra}, {rows}), each extra stage "
+                        "using only the stages before it"
+                    )
+                if not np.allclose(self.interp_a.sum(axis=1), self.interp_c, atol=self.tol):
+                    raise ValueError(f"{self.name}: the rows of interp_a must sum to interp_c")
+            weights = np.concatenate([self.b, np.zeros(rows - s)])
+            if not np.allclose(self.interp.sum(axis=1), weights, atol=1e-9):
                 raise ValueError(f"{self.name}: the interpolant must equal b at θ=1")
 
     @property
@@ -248,7 +271,8 @@ def _lower(rows, stages: int) -> np.ndarray:
     return a
 
 
-def _tableau(name, rows, b, order, b_hat=None, embedded_order=None, interp=None, tol=1e-10):
+def _tableau(name, rows, b, order, b_hat=None, embedded_order=None, interp=None, tol=1e-10,
+             interp_a=None):
     b = np.asarray(b, dtype=np.float64)
     a = _lower(rows, len(b))
     return ButcherTableau(
@@ -261,6 +285,8 @@ def _tableau(name, rows, b, order, b_hat=None, embedded_order=None, interp=None,
         embedded_order=embedded_order,
         interp=interp,
         tol=tol,
+        interp_a=interp_a,
+        interp_c=None if interp_a is None else np.sum(interp_a, axis=1),
     )
 
 
@@ -405,8 +431,63 @@ _DOP853_E5 = (0.01312004499419488, 0.0, 0.0, 0.0, 0.0, -1.2251564463762044, -0.4
     1.6643771824549864, -0.35032884874997366, 0.3341791187130175, 0.08192320648511571,
     -0.022355307863886294)
 
+# DOP853's dense output (Hairer, Nørsett & Wanner 1993, §II.6 and the code DOP853 there,
+# subroutine CONTD8): three extra stages k_14..k_16 after k_13 = f(t + h, y_1), at
+# c = 0.1, 0.2, 7/9, and the interpolant of order 7
+#     y(t + θh) = y + θ(F_0 + (1-θ)(F_1 + θ(F_2 + (1-θ)(F_3 + θ(F_4 + (1-θ)(F_5 + θF_6)))))),
+# F_0 = Δ = y_1 - y, F_1 = hk_1 - Δ, F_2 = 2Δ - h(k_13 + k_1), F_{3..6} = h Σ_i D_i k_i.
+_DOP853_DENSE_A = (
+    (0.056167502283047954, 0.0, 0.0, 0.0, 0.0, 0.0, 0.25350021021662483, -0.2462390374708025,
+     -0.12419142326381637, 0.15329179827876568, 0.00820105229563469, 0.007567897660545699,
+     -0.008298, 0.0, 0.0, 0.0),
+    (0.03183464816350214, 0.0, 0.0, 0.0, 0.0, 0.028300909672366776, 0.053541988307438566,
+     -0.05492374857139099, 0.0, 0.0, -0.00010834732869724932, 0.0003825710908356584,
+     -0.00034046500868740456, 0.1413124436746325, 0.0, 0.0),
+    (-0.42889630158379194, 0.0, 0.0, 0.0, 0.0, -4.697621415361164, 7.683421196062599,
+     4.06898981839711, 0.3567271874552811, 0.0, 0.0, 0.0, -0.0013990241651590145,
+     2.9475147891527724, -9.15095847217987, 0.0),
+)
+_DOP853_D = (
+    (-8.428938276109013, 0.0, 0.0, 0.0, 0.0, 0.5667149535193777, -3.0689499459498917,
+     2.38466765651207, 2.117034582445028, -0.871391583777973, 2.2404374302607883,
+     0.6315787787694688, -0.08899033645133331, 18.148505520854727, -9.194632392478356,
+     -4.436036387594894),
+    (10.427508642579134, 0.0, 0.0, 0.0, 0.0, 242.28349177525817, 165.20045171727028,
+     -374.5467547226902, -22.113666853125306, 7.733432668472264, -30.674084731089398,
+     -9.332130526430229, 15.697238121770845, -31.139403219565178, -9.35292435884448,
+     35.81684148639408),
+    (19.985053242002433, 0.0, 0.0, 0.0, 0.0, -387.0373087493518, -189.17813819516758,
+     527.8081592054236, -11.57390253995963, 6.8812326946963, -1.0006050966910838,
+     0.7777137798053443, -2.778205752353508, -60.19669523126412, 84.32040550667716,
+     11.99229113618279),
+    (-25.69393346270375, 0.0, 0.0, 0.0, 0.0, -154.18974869023643, -231.5293791760455,
+     357.6391179106141, 93.40532418362432, -37.45832313645163, 104.0996495089623,
+     29.8402934266605, -43.53345659001114, 96.32455395918828, -39.17726167561544,
+     -149.72683625798564),
+)
+
+
+def _dop853_interp() -> np.ndarray:
+    """CONTD8's interpolant as P (16 x 7): y(t + θh) = y + h Σ_i k_i Σ_j P_ij θ^(j+1)."""
+    b = np.concatenate([np.asarray(_DOP853_B), np.zeros(4)])
+    first, last = np.eye(16)[0], np.eye(16)[12]
+    # F_i / h as weights on the 16 stages (F_0 = Δ = h Σ b_i k_i).
+    weights = [b, first - b, 2 * b - last - first, *np.asarray(_DOP853_D)]
+    theta, one_minus = np.polynomial.Polynomial([0, 1]), np.polynomial.Polynomial([1, -1])
+    # In the nested form F_i multiplies θ^⌈(i+1)/2⌉ (1-θ)^⌊(i+1)/2⌋:
+    factors = [theta, theta * one_minus, theta**2 * one_minus, theta**2 * one_minus**2,
+               theta**3 * one_minus**2, theta**3 * one_minus**3, theta**4 * one_minus**3]
+    p = np.zeros((16, 7))
+    for w, poly in zip(weights, factors, strict=True):
+        coef = np.zeros(8)
+        coef[: len(poly.coef)] = poly.coef
+        p += np.outer(w, coef[1:])
+    return p
+
+
 #: Dormand & Prince's DOP853 (Hairer, Nørsett & Wanner 1993, §II.10): order 8 with the
-#: 5th-order embedded error estimate E5; 12 stages, not FSAL; cubic Hermite dense output.
+#: 5th-order embedded error estimate E5; 12 stages, not FSAL; 7th-order dense output from
+#: three extra stages (evaluated only when the solve interpolates between steps).
 DOPRI8 = _tableau(
     "Dopri8",
     _DOP853_A_ROWS,
@@ -415,6 +496,8 @@ DOPRI8 = _tableau(
     b_hat=tuple(b - e for b, e in zip(_DOP853_B, _DOP853_E5, strict=True)),
     embedded_order=5,
     tol=1e-9,
+    interp=_dop853_interp(),
+    interp_a=_DOP853_DENSE_A,
 )
 
 

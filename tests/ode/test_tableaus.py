@@ -29,15 +29,40 @@ def test_embedded_method_has_its_order(tableau):
     assert abs(tableau.b_err.sum()) < 1e-14
 
 
+def _extended(tableau):
+    """(A, c) over the stages and, for a tableau with extra dense-output stages, f(t + h, y_1)
+    (whose A row is b) and the extra stages."""
+    if tableau.interp_a is None:
+        return tableau.a, tableau.c
+    s, rows = tableau.stages, tableau.interp.shape[0]
+    a = np.zeros((rows, rows))
+    a[:s, :s] = tableau.a
+    a[s, :s] = tableau.b
+    a[s + 1 :] = tableau.interp_a
+    return a, np.concatenate([tableau.c, [1.0], tableau.interp_c])
+
+
+#: The order of each continuous extension (Hairer, Nørsett & Wanner 1993, §II.6).
+DENSE_ORDER = {"Bosh3": 3, "Dopri5": 4, "Tsit5": 4, "Dopri8": 7}
+
+
 @pytest.mark.parametrize("tableau", [t for t in ALL if t.interp is not None], ids=lambda t: t.name)
-def test_interpolant_is_consistent_and_third_order(tableau):
-    # At θ = 1 the interpolant reproduces b; its weights b_i(θ) satisfy the order conditions
-    # Σ b_i(θ) = θ and Σ b_i(θ) c_i = θ²/2, Σ b_i(θ) c_i² = θ³/3 for every θ.
+def test_interpolant_satisfies_the_continuous_order_conditions(tableau):
+    # At θ = 1 the interpolant reproduces b; its weights b_i(θ) satisfy the continuous order
+    # conditions Σ b_i(θ) Φ_i(τ) = θ^|τ| / γ(τ) for every rooted tree τ up to its order
+    # (HNW I, Thm. II.6.1), and miss one of the next order.
+    a, c = _extended(tableau)
+    assert np.allclose(a.sum(axis=1), c, atol=1e-12)
+    order = DENSE_ORDER[tableau.name]
     for theta in (0.3, 0.7):
         w = tableau.interp @ theta ** np.arange(1, tableau.interp.shape[1] + 1)
-        assert np.isclose(w.sum(), theta, atol=1e-12)
-        assert np.isclose(w @ tableau.c, theta**2 / 2, atol=1e-12)
-        assert np.isclose(w @ tableau.c**2, theta**3 / 3, atol=1e-12)
+        worst = {
+            p: max(abs(w @ tb._elementary_weight(a, t) - theta**p / tb._density(t))
+                   for t in tb.rooted_trees(p))
+            for p in range(1, order + 2)
+        }
+        assert max(worst[p] for p in range(1, order + 1)) < 1e-12, worst
+        assert worst[order + 1] > 1e-6, worst
 
 
 def test_fsal_detection():
@@ -211,3 +236,63 @@ def test_what_diffrax_cannot_express_is_a_clear_error():
 
     with pytest.raises(ValueError, match="AbstractSolver"):
         jode.solve(lambda t, y, a: -y, jnp.asarray(1.0), 0.0, 1.0, solver=DuckTyped())
+
+
+# --- the dense-output order of every method, from one step ---------------------------------
+
+#: Expected log-log slope of the interpolant's local error: (dense order) + 1, the dense
+#: order being min(3, p) for cubic Hermite and the extension's order otherwise.
+DENSE_SLOPE = {
+    jode.Euler: 2, jode.Midpoint: 3, jode.Heun: 3, jode.EulerHeun: 2, jode.Ralston: 3,
+    jode.RK4: 4, jode.Bosh3: 4, jode.Dopri5: 5, jode.Tsit5: 5, jode.Dopri8: 8,
+    jode.ImplicitEuler: 2, jode.Kvaerno3: 4, jode.Kvaerno5: 4, jode.Rodas5: 4,
+}
+
+
+@pytest.fixture(scope="module")
+def logistic_reference():
+    """y' = y(1 - y) + sin(t) y, y(0) = 0.2, by scipy's DOP853 at rtol 1e-13."""
+    from scipy.integrate import solve_ivp
+
+    def at(t):
+        sol = solve_ivp(lambda s, y: y * (1 - y) + np.sin(s) * y, (0.0, t), [0.2],
+                        rtol=1e-13, atol=1e-16, method="DOP853")
+        return float(sol.y[0, -1])
+
+    return at
+
+
+@pytest.mark.parametrize("cls", list(DENSE_SLOPE), ids=lambda c: c.__name__)
+def test_dense_output_order_by_log_log_slope(cls, logistic_reference):
+    from jode.ode.interpolation import horner
+
+    f = lambda t, y: y * (1 - y) + jnp.sin(t) * y  # noqa: E731
+    solver = cls()
+    # Step sizes in the asymptotic range, above round-off (Dopri8's errors fall fastest).
+    hs = np.array([0.4, 0.3, 0.2, 0.14]) if cls is jode.Dopri8 else np.array([0.2, 0.1, 0.05,
+                                                                               0.025])
+    t0, y0 = jnp.asarray(0.0), jnp.asarray([0.2])
+    errors = []
+    for h in hs:
+        state = solver.init_state(f, t0, y0, f(t0, y0), 1e-10, 1e-10)
+        res = solver.step(f, t0, y0, f(t0, y0), jnp.asarray(h), state)
+        errors.append(max(abs(float(horner(res.coeffs, th)[0]) - logistic_reference(th * h))
+                          for th in (0.3, 0.7)))
+    slope = np.polyfit(np.log(hs), np.log(errors), 1)[0]
+    expected = DENSE_SLOPE[cls]
+    assert expected - 0.3 < slope < expected + 0.7, (slope, errors)
+
+
+def test_dopri8_saves_between_steps_to_the_solve_accuracy():
+    # Saving between steps interpolates with DOP853's 7th-order dense output: the saved
+    # values are as accurate as the steps themselves (a cubic interpolant would be ~1e-5 off
+    # at these step sizes). Pendulum against scipy's DOP853 at rtol 1e-13.
+    from scipy.integrate import solve_ivp
+
+    ts = np.linspace(0.0, 10.0, 101)[1:-1]
+    ref = solve_ivp(lambda t, y: [y[1], -np.sin(y[0])], (0.0, 10.0), [1.0, 0.0], t_eval=ts,
+                    rtol=1e-13, atol=1e-13, method="DOP853").y.T
+    sol = jode.solve(lambda t, y, a: jnp.stack([y[1], -jnp.sin(y[0])]), jnp.asarray([1.0, 0.0]),
+                     0.0, 10.0, solver=jode.Dopri8(), rtol=1e-8, atol=1e-8,
+                     saveat=jode.SaveAt(ts=jnp.asarray(ts)))
+    assert np.max(np.abs(np.asarray(sol.ys) - ref)) < 3e-9
