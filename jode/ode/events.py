@@ -4,8 +4,12 @@ After each accepted step the condition g(t, y, args) is evaluated at the step's 
 sign compared with its value at the step's start. On a crossing the loop stops, and the
 crossing is located inside that step on the step's dense-output polynomial
 y(t_n + θh) = Σ_j C_j θ^j with the Illinois method, a safeguarded regula falsi (Dowell &
-Jarratt 1971). The located time carries the derivative of the implicit function theorem
-(Chen, Amos & Nickel 2021), not the derivative of the root finder's iterations.
+Jarratt 1971). That root is then polished on the solution itself: one step of the solver
+from the step's start lands on it, and one Newton step on the condition along the landed
+state removes the interpolant's error (which matters for solvers whose dense output is a
+cubic Hermite polynomial only). The located time carries the derivative of the implicit
+function theorem (Chen, Amos & Nickel 2021), not the derivative of the root finder's
+iterations.
 
 A crossing is the condition leaving one strict sign for the other side of zero: upwards
 g(t_n) < 0 <= g(t_{n+1}), downwards g(t_n) > 0 >= g(t_{n+1}). A condition that is exactly
@@ -33,6 +37,8 @@ from .interpolation import horner
 
 #: Iteration cap of the root finder (it converges in ~10-30 iterations; bisection fallback).
 MAX_ROOT_ITERATIONS = 100
+#: The polishing Newton step is taken when shorter than this fraction of the step.
+POLISH_LIMIT = 1e-2
 
 
 class Event(eqx.Module):
@@ -134,7 +140,10 @@ class EventState(NamedTuple):
 def init_state(cond, t0, y0, args, degree) -> EventState:
     g0 = cond(t0, y0, args)
     zero = jnp.zeros((), y0.dtype)
-    return EventState(g0, g0, t0, zero, jnp.zeros((degree, y0.shape[0]), y0.dtype))
+    # Until a crossing, the placeholder step is the constant y0 (a state f and the
+    # conditions accept, where zeros might not be).
+    coeffs = jnp.zeros((degree, y0.shape[0]), y0.dtype).at[0].set(y0)
+    return EventState(g0, g0, t0, zero, coeffs)
 
 
 def crossed(g_start, g_end, dirs):
@@ -197,7 +206,7 @@ def _illinois(fn, lo, hi, f_lo, f_hi, active):
     return jax.lax.while_loop(keep_going, body, state)[1]
 
 
-def locate(cond, dirs, state: EventState, status_event, args):
+def locate(cond, dirs, state: EventState, status_event, args, land=None):
     """The event that fired first inside the crossing step, its time and state.
 
     The time is t* = t_n + θ*h where G(θ*) = g(t_n + θ*h, Σ_j C_j θ*^j, args) = 0. The root
@@ -214,6 +223,11 @@ def locate(cond, dirs, state: EventState, status_event, args):
         state: the loop's final EventState.
         status_event: whether the loop stopped on an event (per lane).
         args: the solve's args.
+        land: (t_n, y_n, dt) -> (y, f): one solver step from the crossing step's start,
+            and f there. With it, the root found on the interpolant is polished by one
+            Newton step on the solution itself (below); without it, the interpolant's root
+            is the answer (its accuracy then that of the dense output: cubic Hermite for
+            solvers without an interpolant of their own, e.g. Dopri8, Kvaerno5).
 
     Returns:
         (fired, index, t_star, y_star): whether an event fired, which (-1 if none), where
@@ -230,7 +244,9 @@ def locate(cond, dirs, state: EventState, status_event, args):
 
         return jnp.diagonal(jax.vmap(one)(theta)) if n_ev > 1 else one(theta[0])
 
-    fixed = sg((t_n, h, coeffs, args))
+    # args may hold non-arrays (an equinox module's activation): stop only its arrays.
+    args_arr, args_static = eqx.partition(args, eqx.is_array)
+    fixed = (*sg((t_n, h, coeffs)), eqx.combine(sg(args_arr), args_static))
     dtype = t_n.dtype
     theta = _illinois(
         lambda th: values(th, *fixed),
@@ -248,14 +264,39 @@ def locate(cond, dirs, state: EventState, status_event, args):
     def chosen(th, t_n, h, coeffs, args):
         return cond(t_n + th * h, horner(coeffs, th), args)[index]
 
-    g_star = chosen(th, t_n, h, coeffs, args)
-    slope = jax.jvp(lambda s: chosen(s, *fixed), (th,), (jnp.ones_like(th),))[1]
+    index_out = jnp.where(fired, index, -1)
+    if land is None:
+        g_star = chosen(th, t_n, h, coeffs, args)
+        slope = jax.jvp(lambda s: chosen(s, *fixed), (th,), (jnp.ones_like(th),))[1]
+        ok = fired & (slope != 0) & jnp.isfinite(slope)
+        correction = (g_star - sg(g_star)) / jnp.where(ok, sg(slope), 1)
+        th = th - jnp.where(ok, correction, 0)
+        return fired, index_out, t_n + th * h, horner(coeffs, th)
+
+    # Polish on the solution itself: a step of the solver from the step's start lands on
+    # t_a (its error is the solver's, not the interpolant's), then one Newton step on the
+    # condition along y_a + (t - t_a) f_a moves t_a by the interpolant's error δ, leaving
+    # O(δ²). The derivative is the implicit one at the polished root (as above).
+    t_a = t_n + th * h
+    y_a, f_a = land(t_n, coeffs[0], th * h)
+
+    def along(t, t_a, y_a, f_a, args):
+        return cond(t, y_a + (t - t_a) * f_a, args)[index]
+
+    fixed_a = (*sg((t_a, y_a, f_a)), fixed[-1])
+    g_a = along(fixed_a[0], *fixed_a)
+    slope = jax.jvp(lambda s: along(s, *fixed_a), (fixed_a[0],), (jnp.ones_like(t_a),))[1]
+    ok = fired & (slope != 0) & jnp.isfinite(slope) & jnp.isfinite(g_a)
+    delta = -g_a / jnp.where(ok, slope, 1)
+    # A Newton step longer than the interpolant's error can be is a tangential crossing:
+    # keep the interpolant's root there.
+    ok = ok & (jnp.abs(delta) <= POLISH_LIMIT * jnp.abs(h))
+    t_sg = fixed_a[0] + jnp.where(ok, delta, 0)
+    g_star = along(t_sg, t_a, y_a, f_a, args)
+    slope = jax.jvp(lambda s: along(s, *fixed_a), (t_sg,), (jnp.ones_like(t_sg),))[1]
     ok = fired & (slope != 0) & jnp.isfinite(slope)
-    correction = (g_star - sg(g_star)) / jnp.where(ok, sg(slope), 1)
-    th = th - jnp.where(ok, correction, 0)
-    t_star = t_n + th * h
-    y_star = horner(coeffs, th)
-    return fired, jnp.where(fired, index, -1), t_star, y_star
+    t_star = t_sg - jnp.where(ok, (g_star - sg(g_star)) / jnp.where(ok, sg(slope), 1), 0)
+    return fired, index_out, t_star, y_a + (t_star - t_a) * f_a
 
 
 def clip_saves(ts, ys, fired, t_n, h, coeffs, t_star, direction):

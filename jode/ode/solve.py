@@ -786,7 +786,15 @@ def _while_solve(
     if event is None:
         return ts_out, ys_out, stats, status, dense_ts, final.dense_coeffs
     # Locate the crossing inside the last step; saves stop at it.
-    located = ev.locate(event[0], prob.event_dirs, final.event, status == Status.EVENT, args)
+    def land(t_n, y_n, dt):  # one step of the solver from the crossing step's start
+        fy = f_flat(t_n, y_n, args)
+        state = _init_solver_state(solver, f_flat, args, t_n, y_n, fy, prob.rtol, prob.atol)
+        res = _step(solver, lambda t, y: f_flat(t, y, args), t_n, y_n, fy, dt, state)
+        return res.y1, res.f1
+
+    located = ev.locate(
+        event[0], prob.event_dirs, final.event, status == Status.EVENT, args, land
+    )
     fired, _, t_star, y_star = located
     e = final.event
     if ts is not None:

@@ -56,11 +56,11 @@ def drop(h, tol=1e-10, **kwargs):
     [
         (jode.Tsit5(), 1e-10, 1e-9),
         (jode.Dopri5(), 1e-10, 1e-9),
-        # Cubic Hermite dense output (no interpolant of the method's own): the root on the
-        # interpolant is as accurate as the interpolant between the (long) steps.
-        (jode.Dopri8(), 1e-10, 5e-7),
-        (jode.Kvaerno5(), 1e-10, 2e-8),
-        (jode.Rodas5(), 1e-10, 2e-8),
+        # Cubic Hermite dense output (no interpolant of the method's own), 1e-7 to 5e-9
+        # off on its own here: the polishing step brings the time to the solver's accuracy.
+        (jode.Dopri8(), 1e-10, 1e-9),
+        (jode.Kvaerno5(), 1e-10, 1e-9),
+        (jode.Rodas5(), 1e-10, 1e-9),
     ],
     ids=["Tsit5", "Dopri5", "Dopri8", "Kvaerno5", "Rodas5"],
 )
