@@ -45,8 +45,9 @@ QUICK_LABEL = "quick configuration: reduced sizes, not the published numbers"
 
 
 def mark_quick(fig) -> None:
-    """Stamp `fig` with `QUICK_LABEL` (bottom right, on the figure, not an axes)."""
-    fig.text(0.995, 0.005, QUICK_LABEL, ha="right", va="bottom", fontsize=7, color="0.35",
+    """Stamp `fig` with `QUICK_LABEL`, right-aligned just below the figure's bottom edge
+    (so it overlaps no axis label; `savefig`'s tight bounding box takes it in)."""
+    fig.text(0.995, 0.0, QUICK_LABEL, ha="right", va="top", fontsize=7, color="0.35",
              style="italic")
 
 
