@@ -160,7 +160,7 @@ def _fig_losses(systems, arts, out_dir, quick=False):
         res0 = arts[system.name]["noise_free"]
         ax.semilogy(np.maximum(res0.history, 1e-300), ":", label=f"{title} (noise-free)")
     ax.set_xlabel("iteration (all phases)")
-    ax.set_ylabel("loss (sum of squared residuals)")
+    ax.set_ylabel("loss (mean squared residual, model units²)")
     ax.set_title("parameter recovery: loss during the fit")
     integer_ticks(ax, "x")
     ax.legend(fontsize=7)
