@@ -225,8 +225,38 @@ def test_event_time_gradient_through_args_and_condition():
 
 def test_vmap_gives_per_lane_event_times():
     hs = jnp.array([0.5, 2.0, 8.0, 30.0])
-    times = jax.vmap(lambda h: drop(h).event_t)(hs)
-    np.testing.assert_allclose(np.asarray(times), np.sqrt(2 * np.asarray(hs) / G), atol=1e-10)
+    ts = jnp.linspace(0.0, 3.0, 13)
+    sols = jax.vmap(lambda h: drop(h, saveat=ts))(hs)
+    t_hit = np.sqrt(2 * np.asarray(hs) / G)
+    np.testing.assert_allclose(np.asarray(sols.event_t), t_hit, atol=1e-10)
+    # Each lane's saves stop at its own event.
+    heights = np.asarray(sols.ys[:, :, 0])
+    reached = np.asarray(ts)[None, :] <= t_hit[:, None]
+    exact = np.asarray(hs)[:, None] - 0.5 * G * np.asarray(ts)[None, :] ** 2
+    np.testing.assert_allclose(heights[reached], exact[reached], atol=1e-10)
+    assert np.all(np.isinf(heights[~reached]))
+
+
+def test_pytree_state_backwards_in_time_and_constant_steps():
+    def fall(t, y, g):
+        return {"x": y["v"], "v": -g * jnp.ones_like(y["v"])}
+
+    ground = Event(lambda t, y, g: y["x"], direction=-1)
+    y0 = {"x": jnp.array(2.0), "v": jnp.array(0.0)}
+    sol = jode.solve(fall, y0, 0.0, 10.0, G, event=ground, rtol=1e-10, atol=1e-10)
+    assert abs(float(sol.event_t) - np.sqrt(4 / G)) <= 1e-10
+    assert abs(float(sol.event_y["v"]) + np.sqrt(4 * G)) <= 1e-9
+    # Constant RK4 steps integrate the parabola exactly; the event lies inside a step.
+    sol = jode.solve(fall, y0, 0.0, 10.0, G, event=ground, solver=jode.RK4(), dt0=0.1)
+    assert abs(float(sol.event_t) - np.sqrt(4 / G)) <= 1e-12
+    # Backwards from the ground at t = 1 with the impact velocity: the top is at 1 - v/g,
+    # where v crosses zero.
+    v = np.sqrt(4 * G)
+    top = Event(lambda t, y, g: y["v"])
+    sol = jode.solve(fall, {"x": jnp.array(0.0), "v": jnp.array(-v)}, 1.0, -10.0, G,
+                     event=top, rtol=1e-10, atol=1e-10)
+    assert abs(float(sol.event_t) - (1.0 - v / G)) <= 1e-10
+    assert abs(float(sol.event_y["x"]) - 2.0) <= 1e-10
 
 
 def test_diffrax_backend_agrees():
