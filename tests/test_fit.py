@@ -434,3 +434,24 @@ def test_bad_batches_and_strategies_are_clear_errors():
         loss.multiple_shooting(4, penalty=-0.5)
     with pytest.raises(ValueError, match=r"segments must be an int >= 1"):
         F.MultipleShooting(0)
+
+
+def test_entry_points_are_the_functions_and_load_lazily():
+    """`jode.fit` and `jode.sweep` are the functions (not modules), loaded on first use:
+    `import jode` imports no optax, and importing the packages does not replace them."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, jode\n"
+        "assert 'optax' not in sys.modules and 'jode.fitting' not in sys.modules\n"
+        "fit, sweep = jode.fit, jode.sweep\n"
+        "import jode.fitting, jode.sweeping\n"
+        "assert fit is jode.fit is jode.fitting.fit\n"
+        "assert sweep is jode.sweep is jode.sweeping.sweep\n"
+        "assert callable(jode.fit) and callable(jode.sweep)\n"
+        "assert jode.sweeping.fit_sweep and jode.fitting.TrajectoryLoss and jode.sweeping.grid\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
