@@ -207,7 +207,7 @@ def run_stage(loss, stage, params, aux=None):
 
 def run_stages(loss, stages, theta, aux=None):
     """Stages in sequence as one pure function θ -> (θ*, final loss); composes with vmap
-    and `jode.sweep` (no progress bar, no checkpoints: see `jode.fit.fit` for those)."""
+    and `jode.sweep` (no progress bar, no checkpoints: see `jode.fit` for those)."""
     params = loss.init(theta)
     value = None
     for stage in stages:
