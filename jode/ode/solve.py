@@ -796,6 +796,10 @@ def _while_solve(
         event[0], prob.event_dirs, final.event, status == Status.EVENT, args, land
     )
     fired, _, t_star, y_star = located
+    # The landing step: f at its start and the solver's evaluations.
+    stats["nfev"] = stats["nfev"] + jnp.where(fired, solver.f_evals_per_step + 1, 0).astype(
+        stats["nfev"].dtype
+    )
     e = final.event
     if ts is not None:
         ys_out = ev.clip_saves(ts, ys_out, fired, e.t_start, e.h, e.coeffs, t_star, direction)
