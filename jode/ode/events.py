@@ -44,10 +44,13 @@ POLISH_LIMIT = 1e-2
 class Event(eqx.Module):
     """A terminating event: the solve stops where `cond_fn(t, y, args)` crosses zero.
 
-    The crossing is detected at step ends and located inside the step to floating-point
-    resolution by root finding on the step's dense output (see `jode.ode.events`). Pass it
-    as `jode.solve(..., event=Event(...))`, or several as a tuple/list: the first crossing
-    in time ends the solve and `sol.event_index` says which one it was.
+    The crossing is detected at step ends, located inside the step by root finding on the
+    step's dense output and polished on the solution by one Newton step (see
+    `jode.ode.events`), so the event time is as accurate as the solve. Pass it as
+    `jode.solve(..., event=Event(...))`, or several as a tuple/list: the first crossing in
+    time ends the solve and `sol.event_index` says which one it was. The event time
+    `sol.event_t` is differentiable (reverse and forward mode): its derivative is the
+    implicit one, dt*/dθ = -(∂g/∂θ) / (dg/dt) (Chen, Amos & Nickel 2021, eq. 5).
 
     Args:
         cond_fn: g(t, y, args) -> real scalar (y is the state's pytree, as in f).
