@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from .._results import RESULTS
 from .loop import forward_mode, masked_while_loop
 
 #: Fields of the solve loop's carry that only flow into themselves (see the module docstring).
@@ -127,6 +128,20 @@ def _split(tree):
     diff, rest = eqx.partition(tree, _is_float)
     arrays, static = eqx.partition(rest, eqx.is_array)
     return diff, arrays, static
+
+
+def _as_arrays(tree):
+    """Python scalars carrying a dtype (how JAX hands a custom derivative's rule the concrete
+    value of a weakly typed input, e.g. a Python float being differentiated) as arrays, so
+    that array filters and closure-converted functions see the structure they were built
+    for."""
+
+    def convert(x):
+        if isinstance(x, int | float | complex) and hasattr(x, "dtype"):
+            return jnp.asarray(x)
+        return x
+
+    return jax.tree.map(convert, tree)
 
 
 def _set_row(buf, idx, value):
@@ -223,6 +238,7 @@ def checkpointed_loop(cond, body, init, args, max_iter, *, checkpoints=None, wri
         return eqx.combine(c_f, c_a, cond_s)(join_carry(core, bufs))
 
     def primal(diff, nondiff):
+        diff, nondiff = _as_arrays((diff, nondiff))
         cf, bufs, a_f, b_f, c_f = diff
         ca, a_a, b_a, c_a = nondiff
 
@@ -239,6 +255,7 @@ def checkpointed_loop(cond, body, init, args, max_iter, *, checkpoints=None, wri
     run = jax.custom_vjp(primal)
 
     def fwd(diff, nondiff):
+        diff, nondiff = _as_arrays((diff, nondiff))
         cf, bufs, a_f, b_f, c_f = diff
         ca, a_a, b_a, c_a = nondiff
         core = core_of(cf, ca)
@@ -397,7 +414,7 @@ class BacksolveAdjoint(AbstractAdjoint):
 
 @eqx.filter_custom_vjp
 def _backsolve(diff, adjoint, solve_fn, kwargs):
-    y0, t0, t1, ts, args, f_cc = diff
+    y0, t0, t1, ts, args, f_cc = _as_arrays(diff)
     kwargs = dict(kwargs)
     if ts is not None:
         kwargs["saveat"] = eqx.tree_at(lambda s: s.ts, kwargs["saveat"], ts)
@@ -417,7 +434,7 @@ def _backsolve_bwd(residuals, grad_sol, perturbed, diff, adjoint, solve_fn, kwar
     from .solve import solve  # solve.py imports this module
 
     save_ts, ys = residuals
-    y0, t0, t1, ts, args, f_cc = diff
+    y0, t0, t1, ts, args, f_cc = _as_arrays(diff)
     y0_flat, unravel = ravel_pytree(y0)
     dtype = y0_flat.dtype
     ys_flat = jax.vmap(lambda y: ravel_pytree(y)[0])(ys)
@@ -472,22 +489,33 @@ def _backsolve_bwd(residuals, grad_sol, perturbed, diff, adjoint, solve_fn, kwar
         sol = solve(
             aug, state, t_from, t_to, theta, solver=solver, rtol=rtol, atol=atol, dt0=dt,
             controller=controller, jump_ts=kwargs["jump_ts"], adjoint=ForwardMode(),
-            max_steps=kwargs["max_steps"], throw=kwargs["throw"],
+            # Constant steps: the backward times t_from + j dt drift from the forward grid by
+            # rounding, which can leave a last step of a few ulps after n_steps steps.
+            max_steps=kwargs["max_steps"] + (1 if constant else 0), throw=False,
         )
-        return jax.tree.map(lambda x: x[-1], sol.ys)
+        return jax.tree.map(lambda x: x[-1], sol.ys), sol.status
 
     g0 = jax.tree.map(jnp.zeros_like, theta)
     a0 = jnp.zeros_like(y0_flat)
     prev_ts = jnp.concatenate([t0[None], save_ts[:-1]])
 
     def body(carry, i):
-        a, g = carry
+        a, g, status = carry
         a = a + ct_flat[i]
-        _, a, g = leg((ys_flat[i], a, g), save_ts[i], prev_ts[i])
-        return (a, g), None
+        (_, a, g), leg_status = leg((ys_flat[i], a, g), save_ts[i], prev_ts[i])
+        ok = (leg_status == RESULTS.SUCCESS) | (leg_status == RESULTS.EVENT)
+        status = jnp.where((status == RESULTS.SUCCESS) & ~ok, leg_status, status)
+        return (a, g, status.astype(jnp.int32)), None
 
     idx = jnp.arange(save_ts.shape[0] - 1, -1, -1)
-    (a, g), _ = jax.lax.scan(body, (a0, g0), idx)
+    status0 = jnp.asarray(RESULTS.SUCCESS, jnp.int32)
+    (a, g, status), _ = jax.lax.scan(body, (a0, g0, status0), idx)
+    # A failed backward solve leaves a wrong gradient: raise, or (throw=False) make it NaN.
+    failed = status != RESULTS.SUCCESS
+    if kwargs["throw"]:
+        a = eqx.branched_error_if(a, failed, status, _backward_messages(solver, kwargs))
+    a = jnp.where(failed, jnp.nan, a)
+    g = jax.tree.map(lambda x: jnp.where(failed, jnp.nan, x), g)
     ct_t = jnp.sum(ct_flat * jax.vmap(lambda t, y: f_flat(t, y, theta))(save_ts, ys_flat), axis=1)
     g_t0 = -jnp.dot(a, f_flat(t0, y0_flat, theta))
     if grad_sol.t0 is not None:
@@ -498,6 +526,22 @@ def _backsolve_bwd(residuals, grad_sol, perturbed, diff, adjoint, solve_fn, kwar
     g_ts = None if ts is None else ct_t
     g_args, g_fcc = eqx.combine(g, jax.tree.map(lambda _: None, theta_rest))
     return unravel(a), g_t0, g_t1, g_ts, g_args, g_fcc
+
+
+def _backward_messages(solver, kwargs):
+    """Error messages of a failed backward solve, indexed by RESULTS value."""
+    implicit = getattr(solver, "implicit", False)
+    return [
+        f"BacksolveAdjoint: the backward adjoint solve (of y, a = dL/dy and the parameter "
+        f"gradient, integrated from the last save time back to t0 with {solver!r}) failed: "
+        f"{r.message}. The forward solve succeeded; its gradient was not computed. The "
+        "augmented system is "
+        + ("stiff as well, and its Newton iterations" if implicit else "often stiffer than y")
+        + " may need tighter control: use adjoint=jode.DirectAdjoint() (the exact gradient of "
+        f"the forward solve, no backward solve), or raise max_steps={kwargs['max_steps']}, or "
+        "set jode.BacksolveAdjoint(rtol=..., atol=...)"
+        for r in RESULTS
+    ]
 
 
 def to_diffrax(adjoint, rtol=None, atol=None):

@@ -5,12 +5,14 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .._jit import cached, check_solve
+from .explicit import Tsit5
+from .solution import Status, status_messages
 from .solve import solve
 
 
-@cached(check=check_solve, arrays=("y0", "args"), static=("t0", "t1", "dt0"))
 def solve_batch(f, y0, t0, t1, args=None, *, shared_step: bool = False, **kwargs):
     """Solve dy/dt = f(t, y, args) for a batch of initial states and/or parameters.
 
@@ -39,7 +41,23 @@ def solve_batch(f, y0, t0, t1, args=None, *, shared_step: bool = False, **kwargs
 
     Raises:
         ValueError: if the leaves of `y0` and `args` do not share a leading batch size.
+        RuntimeError: (`throw=True`, called eagerly) if a lane failed, naming how many
+            failed, the first failing lanes, and the first failure with its time. Under
+            `jax.jit` the statuses are traced: the error (`eqx.branched_error_if`) names
+            the first failed lane's failure only; use `throw=False` and
+            `Solution.summary()` there.
     """
+    throw = kwargs.pop("throw", True)
+    sol = _solve_batch(f, y0, t0, t1, args, shared_step=shared_step, **kwargs)
+    if throw:
+        sol = _raise_on_failure(sol, shared_step, kwargs)
+    return sol
+
+
+# Cached (compiled once per function and shapes) without the error check, which must see
+# the statuses concrete to name the failed lanes.
+@cached(check=check_solve, arrays=("y0", "args"), static=("t0", "t1", "dt0"))
+def _solve_batch(f, y0, t0, t1, args=None, *, shared_step: bool = False, **kwargs):
     sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in jax.tree.leaves((y0, args))}
     if None in sizes or len(sizes) != 1:
         raise ValueError(
@@ -48,10 +66,55 @@ def solve_batch(f, y0, t0, t1, args=None, *, shared_step: bool = False, **kwargs
             "shared values with jnp.broadcast_to((B, ...))"
         )
     if not shared_step:
-        return jax.vmap(lambda y, a: solve(f, y, t0, t1, a, **kwargs))(y0, args)
+        sol = jax.vmap(lambda y, a: solve(f, y, t0, t1, a, throw=False, **kwargs))(y0, args)
+    else:
 
-    def stacked(t, y, a):
-        return jax.vmap(lambda y, a: f(t, y, a))(y, a)
+        def stacked(t, y, a):
+            return jax.vmap(lambda y, a: f(t, y, a))(y, a)
 
-    sol = solve(stacked, y0, t0, t1, args, **kwargs)
-    return eqx.tree_at(lambda s: s.ys, sol, jax.tree.map(lambda y: jnp.swapaxes(y, 0, 1), sol.ys))
+        sol = solve(stacked, y0, t0, t1, args, throw=False, **kwargs)
+        sol = eqx.tree_at(
+            lambda s: s.ys, sol, jax.tree.map(lambda y: jnp.swapaxes(y, 0, 1), sol.ys)
+        )
+    return sol
+
+
+def _raise_on_failure(sol, shared_step, kwargs):
+    """Raise naming the failed lanes: their count, the first few and the first one's failure.
+
+    Eagerly (concrete statuses) this is a Python `RuntimeError` built from the statuses.
+    Under `jax.jit` the statuses are traced and `eqx.branched_error_if` can only carry
+    fixed messages: the first failed lane's status, and how to get the count and lanes.
+    """
+    solver = kwargs.get("solver") or Tsit5()
+    messages = status_messages(kwargs.get("max_steps", 4096), solver)
+    ok = (sol.status == Status.SUCCESS) | (sol.status == Status.EVENT)
+    what = "the batch solved as one system (shared_step=True)" if shared_step else "a batch"
+    if isinstance(sol.status, jax.core.Tracer):
+        first = jnp.argmin(jnp.reshape(ok, (-1,)))
+        status = jnp.reshape(sol.status, (-1,))[first]
+        hint = (
+            " Inside jax.jit the number and indices of the failed lanes cannot be named: "
+            "pass throw=False and call sol.summary() on the result, or call "
+            "jode.solve_batch outside jax.jit."
+        )
+        lane_messages = [m.replace("jode.solve failed", f"jode.solve_batch: {what} failed")
+                         + hint for m in messages]
+        return eqx.branched_error_if(sol, ~jnp.all(ok), status, lane_messages)
+    ok = np.asarray(ok)
+    if ok.all():
+        return sol
+    status = np.asarray(sol.status).reshape(-1)
+    failed = np.flatnonzero(~ok.reshape(-1))
+    first = int(failed[0])
+    if shared_step:
+        head = f"jode.solve_batch failed: {what} of {jax.tree.leaves(sol.ys)[0].shape[0]} lanes"
+    else:
+        head = f"jode.solve_batch failed in {failed.size} of {status.size} lanes"
+    t_last = np.asarray(sol.stats["t_last"]).reshape(-1)[first]
+    detail = messages[int(status[first])].replace("jode.solve failed: ", "")
+    lane = "" if shared_step else f" (lane {first})"
+    raise RuntimeError(
+        f"{head} ({sol.summary()}). First failure{lane}, at t={t_last:.6g}: {detail} "
+        "Call sol.summary() on the result of throw=False for the counts per status."
+    )

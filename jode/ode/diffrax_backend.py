@@ -116,6 +116,7 @@ def _status(result):
         result == r.dt_min_reached,
         result == r.event_occurred,
         (result == r.nonlinear_max_steps_reached) | (result == r.nonlinear_divergence),
+        (result == r.nonfinite) | (result == r.nonfinite_input),
     ]
     values = [
         Status.SUCCESS,
@@ -123,8 +124,20 @@ def _status(result):
         Status.DT_UNDERFLOW,
         Status.EVENT,
         Status.NEWTON_FAILED,
+        Status.NONFINITE,
     ]
     return jnp.select(conditions, [jnp.int32(v) for v in values], jnp.int32(Status.NONFINITE))
+
+
+def _nonfinite_near(f, t, y, args, t1):
+    """Whether f is non-finite at (t, y) or a few hundred ulps past t towards t1 (Euler)."""
+    fy = f(t, y, args)
+    d = jnp.where(t1 >= t, 1, -1).astype(t.dtype)
+    h = d * 256 * jnp.finfo(t.dtype).eps * jnp.maximum(jnp.abs(t), 1)
+    y_h = jax.tree.map(lambda y, v: y + h.astype(y.dtype) * v, y, fy)
+    f_h = f(t + h, y_h, args)
+    leaves = jax.tree.leaves((fy, f_h))
+    return ~jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def solve_diffrax(
@@ -207,6 +220,19 @@ def solve_diffrax(
     if event is not None:
         ts_out, ys_out, event_fields = _event_fields(sol, saveat, t1, y0)
     status = _status(sol.result)
+    # diffrax rejects a step whose state is non-finite and retries smaller until max_steps:
+    # a vector field that is non-finite at the last state reached, or just past it, is
+    # reported as NONFINITE. The last state is known with the default save at t1 (diffrax
+    # saves where it stopped); otherwise the probe is at (t0, y0) (a NaN parameter).
+    dtype = jnp.result_type(*jax.tree.leaves(y0))
+    t_last, y_last, t_known = jnp.asarray(t0, dtype), y0, False
+    if event is None and (
+        saveat.t1 and saveat.ts is None and not saveat.steps
+    ):
+        t_last, y_last, t_known = sol.ts[-1], jax.tree.map(lambda y: y[-1], sol.ys), True
+    stuck = (status == Status.MAX_STEPS) | (status == Status.DT_UNDERFLOW)
+    broken = _nonfinite_near(f, t_last, y_last, args, jnp.asarray(t1, dtype))
+    status = jnp.where(stuck & broken, Status.NONFINITE, status).astype(jnp.int32)
     steps = jnp.asarray(sol.stats["num_steps"], jnp.int32)
     nfev = steps * solver.f_evals_per_step + 1
     if isinstance(controller, PIDController) and dt0 is None:
@@ -216,8 +242,13 @@ def solve_diffrax(
         accepted=jnp.asarray(sol.stats["num_accepted_steps"], jnp.int32),
         rejected=jnp.asarray(sol.stats["num_rejected_steps"], jnp.int32),
         nfev=nfev,
+        # The last time reached: t1 on success; unknown (NaN) for a failure unless saved.
+        t_last=jnp.where(
+            status == Status.SUCCESS,
+            jnp.asarray(t1, dtype),
+            t_last if t_known else jnp.asarray(jnp.nan, dtype),
+        ),
     )
-    dtype = jnp.result_type(*jax.tree.leaves(y0))
     out = Solution(
         ts=ts_out,
         ys=ys_out,

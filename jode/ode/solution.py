@@ -5,6 +5,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .._results import RESULTS, STIFF_HINT
 from .._results import status_messages as _status_messages
@@ -41,9 +42,12 @@ class Solution(eqx.Module):
         ts: save times, shape (n_save,). With `SaveAt(steps=True)`, every accepted step's
             time, padded with inf after the last.
         ys: the state at `ts`: the pytree structure of y0 with a leading time axis.
-            Entries never reached (a failed solve) are inf.
+            Save times never reached (a failed solve) hold NaN; with the default save at
+            t1, a failed solve saves the last state it reached, at that time in `ts`.
         stats: dict of int arrays: `steps` (attempted), `accepted`, `rejected`, `nfev`
-            (vector-field evaluations), and for implicit solvers `njev`, `nlinsolve`.
+            (vector-field evaluations), and for implicit solvers `njev`, `nlinsolve`;
+            and `t_last` (float): the last time reached, t1 on success, else where the
+            solve stopped (e.g. where the state or f became non-finite).
         status: int array, a `jode.Status` value; 0 is success.
         t0, t1: the integration interval (t1 is the event time when an event fired).
         event_t: with `solve(..., event=...)`: the time where the event fired (NaN if none
@@ -71,9 +75,43 @@ class Solution(eqx.Module):
         return (self.status == Status.SUCCESS) | (self.status == Status.EVENT)
 
     @property
-    def message(self) -> str:
-        """The status message (for an unbatched, concrete solution)."""
-        return Status(int(self.status)).message
+    def message(self) -> str | list:
+        """The status message; for a batch of solutions (`solve_batch`, `jax.vmap`), a
+        list of messages per lane (nested lists for several batch axes)."""
+        status = np.asarray(self.status)
+        if status.ndim == 0:
+            return Status(int(status)).message
+        return np.vectorize(lambda s: Status(int(s)).message, otypes=[object])(status).tolist()
+
+    def summary(self, max_lanes: int = 10) -> str:
+        """Counts per status and the first failing lanes, for a batch or a single solve.
+
+        E.g. "1000 solves: 445 SUCCESS, 555 MAX_STEPS; failing lanes (first 10 of 555):
+        [3, 5, ...]; lane 3: MAX_STEPS at t=0.72".
+
+        Args:
+            max_lanes: how many failing lanes to list.
+        """
+        status = np.asarray(self.status).reshape(-1)
+        values, counts = np.unique(status, return_counts=True)
+        parts = ", ".join(f"{c} {Status(int(v)).name}" for v, c in zip(values, counts))
+        text = f"{status.size} solve{'s' if status.size != 1 else ''}: {parts}"
+        failed = np.flatnonzero((status != Status.SUCCESS) & (status != Status.EVENT))
+        if failed.size:
+            shape = np.shape(self.status)
+            lanes = [np.unravel_index(i, shape) if len(shape) > 1 else int(i) for i in failed]
+            lanes = [tuple(int(j) for j in x) if isinstance(x, tuple) else x for x in lanes]
+            text += (
+                f"; failing lanes (first {min(max_lanes, failed.size)} of {failed.size}): "
+                f"{lanes[:max_lanes]}"
+            )
+            t_last = self.stats.get("t_last") if isinstance(self.stats, dict) else None
+            first = int(failed[0])
+            where = ""
+            if t_last is not None:
+                where = f" at t={float(np.asarray(t_last).reshape(-1)[first]):.6g}"
+            text += f"; lane {lanes[0]}: {Status(int(status[first])).name}{where}"
+        return text
 
     def evaluate(self, t):
         """Dense output at time(s) `t` inside [t0, t1]; needs `solve(..., dense=True)`.
@@ -118,4 +156,15 @@ def raise_on_failure(sol: Solution, max_steps: int, solver, backend: str = "jode
     """`sol`, with a run-time error naming the failure and a fix unless it succeeded."""
     failed = (sol.status != Status.SUCCESS) & (sol.status != Status.EVENT)
     messages = status_messages(max_steps, solver, backend)
+    from .loop import batched
+
+    if batched(sol.status):
+        # Under jax.vmap the error fires if any lane failed, with a fixed message: it can
+        # name the failure but not how many lanes failed nor which.
+        messages = [
+            m + " (Batched with jax.vmap: at least one lane failed this way; for the count and "
+            "the failing lanes use jode.solve_batch, or pass throw=False and call "
+            "sol.summary().)"
+            for m in messages
+        ]
     return eqx.branched_error_if(sol, failed, sol.status, messages)

@@ -168,8 +168,13 @@ def _body(prob: _Problem, args, c: _Carry) -> _Carry:
         f_step = lambda t, y: f(jnp.where(at_jump & (d * t > d * t_left), t_left, t), y)  # noqa: E731
 
     res = _step(prob.solver, f_step, c.t, c.y, c.fy, h, c.solver_state)
-    finite = all_finite(res.y1)
+    # A non-finite derivative at the current state (a NaN parameter, f undefined there) or
+    # step size fails at once: no smaller step can help. A non-finite candidate (state or
+    # error estimate) is rejected like a too large step, and fails as non-finite once
+    # the step cannot shrink further.
+    broken = ~all_finite(c.fy) | ~jnp.isfinite(h)
     if prob.adaptive:
+        finite = all_finite(res.y1 + res.error)  # NaN or inf in either reaches the sum
         err = scaled_error(res.error, c.y, res.y1, prob.rtol, prob.atol)
         err = jnp.where(finite & res.ok, err, jnp.inf)
         accept, h_next, prev_inv = pid_update(
@@ -188,8 +193,11 @@ def _body(prob: _Problem, args, c: _Carry) -> _Carry:
             Status.SUCCESS,
         )
     else:
+        finite = all_finite(res.y1)
         accept, h_next, prev_inv = finite, c.h, c.prev_inv
         failure = jnp.where(finite, Status.SUCCESS, Status.NONFINITE)
+    accept = accept & ~broken
+    failure = jnp.where(broken, Status.NONFINITE, failure)
 
     take = can_step & accept
     f1 = res.f1
@@ -290,6 +298,43 @@ def _cond(prob: _Problem, c: _Carry):
     """Keep looping while saves are pending or steps remain, and nothing failed."""
     stepping = (prob.direction * c.t < prob.direction * prob.t1) & (c.steps < prob.max_steps)
     return (c.pending | stepping) & (c.status == Status.SUCCESS)
+
+
+def _weak(x):
+    """Whether x is a weakly typed array or tracer (from a Python scalar)."""
+    return isinstance(x, jax.Array) and jax.typeof(x).weak_type
+
+
+def _strong_state(x):
+    """A leaf of y0 as a strongly typed array: Python numbers become the default float.
+
+    A weak type would reach the loops' custom derivatives as a Python literal (JAX passes
+    concrete weakly typed primals that way), which is not an array there.
+    """
+    if isinstance(x, bool):
+        return x
+    if isinstance(x, int | float):
+        return jnp.asarray(x, jnp.result_type(float))
+    if _weak(x):
+        return jax.lax.convert_element_type(x, jnp.result_type(x))
+    return x
+
+
+def _strong_args(args, y0):
+    """Weakly typed floating arrays of args (Python floats being differentiated, or passed
+    through `jax.jit`) take the state's floating dtype, as they would in arithmetic with it.
+
+    Python numbers that are not traced stay constants of the vector field.
+    """
+    leaves = jax.tree.leaves(y0)
+    dtype = jnp.finfo(jnp.result_type(*leaves) if leaves else float).dtype  # complex: real
+
+    def convert(x):
+        if _weak(x) and jnp.issubdtype(x.dtype, jnp.floating):
+            return jax.lax.convert_element_type(x, dtype)
+        return x
+
+    return jax.tree.map(convert, args)
 
 
 def _flatten_tol(tol, y0, dtype):
@@ -407,9 +452,12 @@ def solve(
         saveat = SaveAt(ts=saveat.ts, t1=saveat.t1, steps=saveat.steps, dense=True)
     if saveat.ts is None and not saveat.steps:
         saveat = SaveAt(t1=True, dense=saveat.dense)
+    y0 = jax.tree.map(_strong_state, y0)
     checks.check_y0(y0)
+    args = _strong_args(args, y0)
     checks.check_interval(t0, t1, dt0, n_steps, max_steps)
     checks.check_tolerances(rtol, atol)
+    checks.warn_tolerances_below_precision(rtol, atol, y0)
     checks.check_vector_field(f, t0, y0, args)
     if saveat.ts is not None:
         checks.check_save_times(saveat.ts, t0, t1)
@@ -583,24 +631,61 @@ def _solve_jode(
 def _scan_constant(
     solver, f_flat, args, t0, t1, y0, fy0, dt0, n_steps, n, saveat, ts, direction, tols=(1e-6, 1e-6)
 ):
-    """Constant steps as a lax.scan: differentiable by every JAX transformation."""
+    """Constant steps as a lax.scan: differentiable by every JAX transformation.
+
+    The scan carries only what is saved: the state, and with save times the dense-output
+    rows of the steps that hold one (at most one row per save time, written in place), so
+    memory follows the saves, not the step count. Only `SaveAt(steps=True)` and dense
+    output keep a row per step.
+
+    Steps run in ⌈N/k⌉ segments of k = ⌈√N⌉ steps, each under `jax.checkpoint`: reverse
+    mode stores the carry at segment starts and recomputes one segment at a time, O(√N)
+    carries (two-level checkpointing, Griewank & Walther 2008, *Evaluating Derivatives*,
+    §12.3), the promise `DirectAdjoint` makes for adaptive loops.
+    """
     dtype = y0.dtype
     dt = (t1 - t0) / n if n_steps is not None else jnp.asarray(dt0, dtype)
     idx = jnp.arange(n + 1, dtype=dtype)
     grid = jnp.where(jnp.arange(n + 1) == n, t1, t0 + idx * dt)
-    keep_coeffs = ts is not None or saveat.dense
+    keep_steps = saveat.steps
+    keep_dense = saveat.dense
 
     state0 = _init_solver_state(solver, f_flat, args, t0, y0, fy0, *tols)
+    saves0 = None
+    if ts is not None and not keep_dense:
+        # The step holding each save time (grid points belong to the earlier step; a
+        # rounding slip of one step only evaluates a polynomial an ulp outside [0, 1]).
+        raw = jnp.floor(jax.lax.stop_gradient((ts - t0) / dt))
+        save_step = jnp.clip(jnp.nan_to_num(raw, nan=0.0), 0, n - 1).astype(jnp.int32)
+        save_step = jnp.where(
+            (save_step > 0) & (grid[jnp.clip(save_step, 0, n)] == ts), save_step - 1, save_step
+        )
+        # Distinct steps in order (ts is monotone, so is save_step), padded with n.
+        first = jnp.concatenate([jnp.ones((1,), bool), save_step[1:] != save_step[:-1]])
+        rank = jnp.cumsum(first.astype(jnp.int32)) - 1
+        distinct = jnp.full(ts.shape, n, jnp.int32).at[rank].set(save_step)
+        degree = _coeff_degree(solver, y0)
+        rows0 = jnp.zeros((ts.shape[0], degree, y0.shape[0]), dtype)
+        saves0 = (rows0, jnp.zeros((), jnp.int32))
 
     def body(carry, i):
-        y, fy, state, ok = carry
+        y, fy, state, ok, t_last, saves = carry
         t, t_next = grid[i], grid[i + 1]
         res = _step(solver, lambda t, y: f_flat(t, y, args), t, y, fy, t_next - t, state)
-        out = (res.y1, res.coeffs if keep_coeffs else None)
-        return (res.y1, res.f1, getattr(res, "state", None), ok & res.ok), out
+        fine = ok & all_finite(res.y1)
+        t_last = jnp.where(fine, t_next, t_last)
+        if saves is not None:
+            rows, p = saves
+            hit = distinct[jnp.minimum(p, distinct.shape[0] - 1)] == i
+            rows = _write(rows, p, res.coeffs[None], hit)
+            saves = (rows, p + hit.astype(jnp.int32))
+        out = (res.y1 if keep_steps else None, res.coeffs if keep_dense else None)
+        new = (res.y1, res.f1, getattr(res, "state", None), ok & res.ok, t_last, saves)
+        return new, out
 
-    init = (y0, fy0, state0, jnp.ones((), bool))
-    (y_end, _, state, ok), (y_steps, coeffs) = jax.lax.scan(body, init, jnp.arange(n))
+    init = (y0, fy0, state0, jnp.ones((), bool), t0, saves0)
+    carry, (y_steps, coeffs) = _checkpointed_scan(body, init, n)
+    y_end, _, state, ok, t_last, saves = carry
     finite = jnp.all(jnp.isfinite(y_end))
     status = jnp.where(finite, Status.SUCCESS, Status.NONFINITE)
     status = jnp.where(finite & ~ok, Status.NEWTON_FAILED, status).astype(jnp.int32)
@@ -610,10 +695,18 @@ def _scan_constant(
         accepted=count,
         rejected=jnp.zeros((), jnp.int32),
         nfev=count * solver.f_evals_per_step,
+        t_last=t_last,
     )
     if state is not None:
         stats.update(solver.stats(state))
-    if ts is not None:
+    if ts is not None and saves is not None:
+        t_start = grid[save_step]
+        h = grid[save_step + 1] - t_start
+        theta = (ts - t_start) / jnp.where(h == 0, 1, h)
+        c = saves[0][rank]  # (n_save, degree, n)
+        ys = horner(jnp.moveaxis(c, 1, 0), theta[:, None])
+        ts_out = ts
+    elif ts is not None:
         ys = evaluate_steps(grid, coeffs, count, ts, direction)
         ts_out = ts
     elif saveat.steps:
@@ -623,6 +716,31 @@ def _scan_constant(
         ys, ts_out = y_end[None], t1[None]
     dense_ts, dense_coeffs = (grid, coeffs) if saveat.dense else (None, None)
     return ts_out, ys, stats, status, dense_ts, dense_coeffs
+
+
+#: Constant-step scans shorter than this run as one scan (nothing to gain from segments).
+CHECKPOINT_MIN_STEPS = 64
+
+
+def _checkpointed_scan(body, init, n):
+    """`lax.scan(body, init, arange(n))` as segments of k = ⌈√n⌉ steps under
+    `jax.checkpoint` (see `_scan_constant`); the stacked outputs are those of the plain scan.
+    """
+    if n < CHECKPOINT_MIN_STEPS:
+        return jax.lax.scan(body, init, jnp.arange(n, dtype=jnp.int32))
+    k = math.isqrt(n - 1) + 1
+    n_seg, rem = divmod(n, k)
+
+    @jax.checkpoint
+    def segment(carry, start):
+        return jax.lax.scan(body, carry, start + jnp.arange(k, dtype=jnp.int32))
+
+    carry, outs = jax.lax.scan(segment, init, k * jnp.arange(n_seg, dtype=jnp.int32))
+    outs = jax.tree.map(lambda x: x.reshape((n_seg * k,) + x.shape[2:]), outs)
+    if rem:
+        carry, tail = jax.lax.scan(body, carry, n_seg * k + jnp.arange(rem, dtype=jnp.int32))
+        outs = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), outs, tail)
+    return carry, outs
 
 
 def _while_solve(
@@ -770,14 +888,15 @@ def _while_solve(
         accepted=final.accepted,
         rejected=final.rejected,
         nfev=final.steps * solver.f_evals_per_step + extra,
+        t_last=final.t,
     )
     if final.solver_state is not None:
         stats.update(solver.stats(final.solver_state))
         stats["nfev"] = stats["nfev"] + extra
     if ts is not None:
-        # Rows never reached (a failed solve) hold placeholders: report them as inf.
+        # Rows never reached (a failed solve) hold placeholders: report them as NaN.
         reached = jnp.arange(ts.shape[0], dtype=final.save_idx.dtype) < final.save_idx
-        ts_out, ys_out = ts, jnp.where(reached[:, None], final.ys[: ts.shape[0]], jnp.inf)
+        ts_out, ys_out = ts, jnp.where(reached[:, None], final.ys[: ts.shape[0]], jnp.nan)
     elif saveat.steps:
         ts_out, ys_out = final.step_ts, final.step_ys
     else:
