@@ -294,8 +294,14 @@ def _event_fields(sol, saveat, t1, y0):
     """(ts, ys, the Solution's event fields) from a diffrax solve with `_to_diffrax_event`."""
     dtype = jnp.result_type(*jax.tree.leaves(y0))
     ts, ys = sol.ts[0], sol.ys[0]
-    if saveat.ts is not None:  # jode keeps the requested times; rows after the event are inf
+    if saveat.ts is not None:
+        # jode keeps the requested times; rows after the event (inf in diffrax) are NaN, as
+        # jode reports saves never reached.
+        after = jnp.isinf(ts)
         ts = jnp.asarray(saveat.ts, dtype)
+        ys = jax.tree.map(
+            lambda y: jnp.where(after.reshape((-1,) + (1,) * (y.ndim - 1)), jnp.nan, y), ys
+        )
     mask = jnp.stack(sol.event_mask)
     fired = jnp.any(mask)
     t_end = sol.ts[1][-1]

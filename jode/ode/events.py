@@ -303,11 +303,11 @@ def locate(cond, dirs, state: EventState, status_event, args, land=None):
 
 
 def clip_saves(ts, ys, fired, t_n, h, coeffs, t_star, direction):
-    """Saved rows after an event: interpolated inside the crossing step up to t*, inf after.
+    """Saved rows after an event: interpolated inside the crossing step up to t*, NaN after.
 
     The loop stops right after the crossing step, possibly with save times of that step
     still pending; rows at times inside (t_n, t*] are (re)filled from the step's polynomial
-    and rows after t* are set to inf, as rows never reached are.
+    and rows after t* are set to NaN, as rows never reached are.
     """
     inside = fired & (direction * ts > direction * t_n) & (direction * ts <= direction * t_star)
     after = fired & (direction * ts > direction * t_star)
@@ -315,4 +315,4 @@ def clip_saves(ts, ys, fired, t_n, h, coeffs, t_star, direction):
     theta = jnp.where(inside, (ts - t_n) / safe_h, 0)
     values = horner(coeffs, theta[:, None])
     ys = jnp.where(inside[:, None], values, ys)
-    return jnp.where(after[:, None], jnp.inf, ys)
+    return jnp.where(after[:, None], jnp.asarray(jnp.nan, ys.dtype), ys)

@@ -51,7 +51,7 @@ class Solution(eqx.Module):
         status: int array, a `jode.Status` value; 0 is success.
         t0, t1: the integration interval (t1 is the event time when an event fired).
         event_t: with `solve(..., event=...)`: the time where the event fired (NaN if none
-            did); saves after it are inf and `evaluate` is NaN past it.
+            did); saves after it are NaN and `evaluate` is NaN past it.
         event_y: the state at `event_t` (NaN if no event fired), the pytree of y0.
         event_index: which event fired (its position in the tuple of events), -1 if none.
     """

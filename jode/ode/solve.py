@@ -412,7 +412,8 @@ def solve(
             dense output. Then `sol.status` is `Status.EVENT` (a success), `sol.event_t`
             (also `sol.t1`) the event time, `sol.event_y` the state there,
             `sol.event_index` which event fired (-1 if none did: event_t/event_y are NaN);
-            saves after the event are inf and `sol.evaluate` is NaN past it. The event
+            saves after the event are NaN, as unreached saves are, and `sol.evaluate` is
+            NaN past it. The event
             time is differentiable (implicit function theorem); see `jode.Event`. Not
             with `stop=` nor with `BacksolveAdjoint`.
         adjoint: how gradients flow: `jode.DirectAdjoint()` (default),
