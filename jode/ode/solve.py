@@ -169,12 +169,12 @@ def _body(prob: _Problem, args, c: _Carry) -> _Carry:
 
     res = _step(prob.solver, f_step, c.t, c.y, c.fy, h, c.solver_state)
     # A non-finite derivative at the current state (a NaN parameter, f undefined there) or
-    # step size fails at once: no smaller step can help. A non-finite candidate (state or
-    # error estimate) is rejected like a too large step, and fails as non-finite once
-    # the step cannot shrink further.
+    # step size fails at once: no smaller step can help. A non-finite candidate state (or
+    # error estimate, which scaled_error makes inf) is rejected like a too large step, and
+    # a non-finite state fails as non-finite once the step cannot shrink further.
     broken = ~all_finite(c.fy) | ~jnp.isfinite(h)
     if prob.adaptive:
-        finite = all_finite(res.y1 + res.error)  # NaN or inf in either reaches the sum
+        finite = all_finite(res.y1)
         err = scaled_error(res.error, c.y, res.y1, prob.rtol, prob.atol)
         err = jnp.where(finite & res.ok, err, jnp.inf)
         accept, h_next, prev_inv = pid_update(
