@@ -281,3 +281,22 @@ def test_backward_memory_does_not_grow_with_forward_budget():
     assert temp_bytes(implicit, 100) <= 1.2 * temp_bytes(implicit, 10)
     # The check can fail: differentiating through the iterations grows with them.
     assert temp_bytes(unrolled, 100) > 5 * temp_bytes(unrolled, 10)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
+def test_warm_start_near_a_large_fixed_point_converges(dtype):
+    # From 99.99 (first residual 5e-3) to z* = 100: the bound atol + rtol r(z0) is far below
+    # |z*|, down to the rounding floor of f(z) in float32; every solver meets it, and the
+    # steady state of y' = 2 (100 - y) from the same start too.
+    eps = float(jnp.finfo(dtype).eps)
+    for name, solver in SOLVERS.items():
+        sol = fixed_point(lambda z, a: 0.5 * z + 50.0, jnp.full(3, 99.99, dtype),
+                          solver=solver, throw=False)
+        assert int(sol.status) == FixedPointStatus.CONVERGED, name
+        assert sol.value.dtype == dtype
+        assert float(sol.residual) <= 1e-6 + 1e-6 * 5e-3 + 4 * eps * 100.0 * 1.01
+        np.testing.assert_allclose(np.asarray(sol.value), 100.0, atol=2e-6 + 1e3 * eps)
+    sol = steady_state(lambda t, y, k: k * (100.0 - y), jnp.full(3, 99.99, dtype),
+                       jnp.asarray(2.0, dtype), throw=False)
+    assert int(sol.status) == FixedPointStatus.CONVERGED
+    np.testing.assert_allclose(np.asarray(sol.value), 100.0, atol=2e-6 + 1e3 * eps)

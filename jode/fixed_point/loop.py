@@ -53,7 +53,7 @@ def _classify(z, fz, residual, best, z0, r0, rtol, atol, divergence_ratio):
         ~finite,
         RESULTS.NONFINITE,
         jnp.where(
-            within_tolerance(residual, r0, rtol, atol),
+            within_tolerance(residual, r0, rtol, atol, fz),
             RESULTS.CONVERGED,
             jnp.where(diverged, RESULTS.DIVERGED, RUNNING),
         ),

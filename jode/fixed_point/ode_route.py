@@ -34,11 +34,12 @@ class SteadyState(AbstractFixedPointSolver):
     Args:
         solver: the ODE solver (an adaptive `jode` solver; default `jode.Tsit5()`).
         ode_rtol, ode_atol: tolerances of the ODE step-size controller; default: a tenth
-            of the fixed-point tolerances (a zero one replaced by the other). Near the
-            steady state an explicit solver runs at its stability limit, where the local
-            error it admits (about ode_rtol |z| + ode_atol) stays in the state; ODE
-            tolerances equal to or looser than the fixed-point tolerance stall above it
-            (the residual hovers at the tolerance until max_steps).
+            of the fixed-point threshold atol + rtol max|f(z_0) - z_0| (absolute), and that
+            divided by max(|z_0|, |f(z_0)|) (relative). Near the steady state an explicit
+            solver runs at its stability limit, where the local error it admits (about
+            ode_rtol |z| + ode_atol) stays in the state; ODE tolerances equal to or looser
+            than the fixed-point threshold stall above it (the residual hovers at the
+            threshold until max_steps).
         t1: a safety horizon; the terminating condition normally ends the solve first.
 
     References:
@@ -69,12 +70,16 @@ class SteadyState(AbstractFixedPointSolver):
 
         def stop(t, z, args):
             fz = fn(z)
-            return within_tolerance(max_norm(fz - z), r0, rtol, atol) | diverged(z, fz)
+            return within_tolerance(max_norm(fz - z), r0, rtol, atol, fz) | diverged(z, fz)
 
         # The ODE solver leaves an error of about its tolerance in the state; a tenth of the
-        # fixed-point tolerance keeps that below the stopping threshold.
-        ode_rtol = 0.1 * jnp.where(rtol > 0, rtol, atol) if self.ode_rtol is None else self.ode_rtol
-        ode_atol = 0.1 * jnp.where(atol > 0, atol, rtol) if self.ode_atol is None else self.ode_atol
+        # fixed-point threshold (absolute, and relative to the starting scale) keeps that
+        # below the stopping test wherever |z| stays near that scale.
+        threshold = atol + rtol * r0 + 4 * jnp.finfo(dtype).eps * max_norm(fz0)
+        scale = jnp.maximum(max_norm(z0), max_norm(fz0))
+        rel = threshold / jnp.where(scale > 0, scale, 1)
+        ode_rtol = 0.1 * rel if self.ode_rtol is None else self.ode_rtol
+        ode_atol = 0.1 * threshold if self.ode_atol is None else self.ode_atol
         sol = solve(
             field, z0, 0.0, self.t1, None, solver=self.solver, rtol=ode_rtol,
             atol=ode_atol, stop=stop, max_steps=max_steps, throw=False,
@@ -91,7 +96,7 @@ class SteadyState(AbstractFixedPointSolver):
         else:
             z = sol.ys[0]
             residuals = None
-        already = within_tolerance(r0, r0, rtol, atol)
+        already = within_tolerance(r0, r0, rtol, atol, fz0)
         z = jnp.where(already, z0, z)
         fz = fn(z)
         residual = max_norm(fz - z)
@@ -99,7 +104,7 @@ class SteadyState(AbstractFixedPointSolver):
         # The solve's own failures pass through unchanged (one vocabulary: RESULTS).
         solve_failed = (sol.status != RESULTS.SUCCESS) & (sol.status != RESULTS.EVENT)
         status = jnp.where(
-            within_tolerance(residual, r0, rtol, atol),
+            within_tolerance(residual, r0, rtol, atol, fz),
             RESULTS.CONVERGED,
             jnp.where(
                 ~finite,

@@ -77,15 +77,18 @@ def max_norm(x: jax.Array) -> jax.Array:
     return jnp.max(jnp.abs(x)) if x.size else jnp.zeros((), x.dtype)
 
 
-def within_tolerance(residual, first_residual, rtol, atol) -> jax.Array:
-    """max|f(z) - z| <= atol + rtol max|f(z_0) - z_0|: the residual reduced from the start.
+def within_tolerance(residual, first_residual, rtol, atol, fz) -> jax.Array:
+    """max|f(z) - z| <= atol + rtol max|f(z_0) - z_0| + 4 eps max|f(z)|.
 
-    The bound is independent of |z|, so an iteration that runs away with a constant
-    residual (z = z + 1) can never meet it, which a test relative to |f(z)| does (it is
-    met once |z| > 1/rtol). This is the termination test of Kelley (1995), *Iterative
-    Methods for Linear and Nonlinear Equations*, eq. (5.1): ‖F(z)‖ <= τ_r ‖F(z_0)‖ + τ_a.
+    The residual reduced from the start (Kelley 1995, *Iterative Methods for Linear and
+    Nonlinear Equations*, eq. (5.1): ‖F(z)‖ <= τ_r ‖F(z_0)‖ + τ_a), down to the rounding of
+    f(z) (4 ulps), below which no iteration can resolve it. Apart from that floor the bound
+    is independent of |z|, so an iteration that runs away with a constant residual
+    (z = z + 1) cannot meet it before the run-away check (`ran_away`) stops it; a test
+    relative to |f(z)| is met once |z| > 1/rtol.
     """
-    return residual <= atol + rtol * first_residual
+    floor = 4 * jnp.finfo(fz.dtype).eps * max_norm(fz)
+    return residual <= atol + rtol * first_residual + floor
 
 
 def ran_away(z, z0, first_residual, divergence_ratio, atol) -> jax.Array:
