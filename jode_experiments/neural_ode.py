@@ -23,7 +23,8 @@ from jode.ode.adjoint import BacksolveAdjoint
 from jode.ode.explicit import Tsit5
 from jode_experiments import plot
 from jode_experiments.data.toy import DENSITIES
-from jode_experiments.progress import Stages, steps
+from jode_experiments.progress import Stages
+from jode_experiments.progress import steps as progress_steps
 
 from . import _neural_ode_digits as dg
 from . import _neural_ode_generative as gen
@@ -187,7 +188,7 @@ def nfe_during_training(n_iter, out_dir, key, quick=False, progress=True):
 
     rng = np.random.default_rng(0)
     fwd, bwd, losses = [], [], []
-    for _ in steps(range(n_iter), "NFE during training", progress):
+    for _ in progress_steps(range(n_iter), "NFE during training", progress):
         s = rng.choice(len(ts) - batch_time, batch_size, replace=False)
         # One shared (relative) time grid: the windows start at different states.
         y0 = ys[s]
@@ -232,7 +233,7 @@ def memory_scaling(steps, size, out_dir, quick=False, progress=True):
     """One gradient step per (adjoint, step count), each in a fresh process."""
     rows = {"direct": [], "backsolve": []}
     jobs = [(adjoint, n) for adjoint in rows for n in steps]
-    for adjoint, n in steps(jobs, "memory (fresh processes)", progress):
+    for adjoint, n in progress_steps(jobs, "memory (fresh processes)", progress):
         rows[adjoint].append(measure_in_subprocess(adjoint, n, *size))
     memory_figure(rows, out_dir, quick)
 

@@ -303,3 +303,20 @@ def test_memory_child_reports_its_own_peak():
     row = measure_in_subprocess("direct", 10, batch=16, width=16)
     del ballast
     assert row["baseline_rss_mb"] <= row["peak_rss_mb"] < parent_peak - 200.0
+
+
+def test_memory_scaling_ratios_and_figure(figures, tmp_path, monkeypatch):
+    """memory_scaling's ratios from (fake) per-process rows: last over first step count."""
+    from jode_experiments import neural_ode as N
+
+    def fake(adjoint, n, batch, width):
+        temp = 0.3 * n if adjoint == "direct" else 0.4
+        return dict(adjoint=adjoint, n_steps=n, temp_mb=temp, peak_rss_mb=300.0 + temp,
+                    baseline_rss_mb=290.0)
+
+    monkeypatch.setattr(N, "measure_in_subprocess", fake)
+    out = N.memory_scaling((10, 100), (8, 8), tmp_path, quick=True, progress=False)
+    assert out["direct_ratio"] == pytest.approx(10.0)
+    assert out["backsolve_ratio"] == pytest.approx(1.0)
+    assert out["steps_ratio"] == 10
+    check_figure(figures[0], quick=True)
