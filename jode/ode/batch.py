@@ -56,7 +56,7 @@ def solve_batch(f, y0, t0, t1, args=None, *, shared_step: bool = False, **kwargs
 
 # Cached (compiled once per function and shapes) without the error check, which must see
 # the statuses concrete to name the failed lanes.
-@cached(check=check_solve, arrays=("y0", "args"), static=("t0", "t1", "dt0"))
+@cached(check=check_solve, arrays=("y0", "args"), static=("t0", "t1", "dt0"), barrier=("y0",))
 def _solve_batch(f, y0, t0, t1, args=None, *, shared_step: bool = False, **kwargs):
     sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in jax.tree.leaves((y0, args))}
     if None in sizes or len(sizes) != 1:

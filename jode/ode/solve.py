@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from .._jit import cached, check_solve
 from . import checks
 from . import events as ev
 from .adjoint import AbstractAdjoint, DirectAdjoint, ForwardMode
@@ -361,6 +362,7 @@ def _static_step_count(t0, t1, dt0, n_steps):
     return max(1, math.ceil(float((t1c - t0c) / dtc) - 1e-9))
 
 
+@cached(check=check_solve, arrays=("y0", "args"), static=("t0", "t1", "dt0"), barrier=("y0",))
 def solve(
     f,
     y0,
@@ -428,6 +430,15 @@ def solve(
     Raises:
         ValueError: on bad input, before tracing; and, with `throw=True`, a runtime error
             naming the failure and a fix.
+
+    Compile cache: an eager call compiles once per vector-field object, shapes, dtypes and
+    options (solver, tolerances, Python-number times, ...); a repeat call runs the compiled
+    solve. Define f once: a lambda written inside a loop is a new function each time and
+    recompiles. Values f reads from globals or closures are fixed at the first call; pass
+    what changes through `args` (traced, any value). Concrete t0, t1, dt0 (numbers or 0-d
+    arrays) are compile-time constants, as in an uncached call (a constant-step solve needs
+    its step count): one compilation per value; to vary them without recompiling, call
+    `solve` inside your own `jax.jit` with traced times.
 
     Example:
         >>> sol = jode.solve(lambda t, y, a: -a * y, 1.0, 0.0, 1.0, args=2.0, saveat=ts)
@@ -529,6 +540,10 @@ def _solve_jode(
     def f_flat(t, y, args):
         return ravel_pytree(f(t, unravel(y), args))[0].astype(dtype)
 
+    # Concrete times fix the number of constant steps: keep them before jnp.asarray, which
+    # makes them tracers under jit (the compile cache's, or the caller's).
+    concrete = [checks._concrete(x) for x in (t0, t1)]
+    t_static = [x if c is None else c.astype(dtype) for x, c in zip((t0, t1), concrete)]
     t0 = jnp.asarray(t0, dtype)
     t1 = jnp.asarray(t1, dtype)
     ts = None if saveat.ts is None else jnp.asarray(saveat.ts, dtype)
@@ -538,7 +553,7 @@ def _solve_jode(
     fy0 = f_flat(t0, y0_flat, args)
     nfev = jnp.asarray(1, jnp.int32)
 
-    n_static = None if adaptive else _static_step_count(t0, t1, dt0, n_steps)
+    n_static = None if adaptive else _static_step_count(*t_static, dt0, n_steps)
     if n_static is not None and jump_ts is None and stop is None and event is None:
         tols = (_flatten_tol(rtol, y0, dtype), _flatten_tol(atol, y0, dtype))
         sol_parts = _scan_constant(
