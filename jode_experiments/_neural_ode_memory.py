@@ -16,7 +16,8 @@ survives `fork`/`exec`, so a child started by a large parent reports the parent'
 
 Chen et al. (2018), "Neural Ordinary Differential Equations", NeurIPS, §2: the adjoint
 method's memory is constant in the number of steps, while differentiating through the
-solver's operations (DirectAdjoint) stores every step.
+solver's operations (DirectAdjoint) stores the steps (jode keeps checkpointed segments of
+constant-step solves, so it grows like the square root of the step count).
 """
 
 from __future__ import annotations
