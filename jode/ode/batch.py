@@ -13,7 +13,9 @@ from .solution import Status, status_messages
 from .solve import solve
 
 
-def solve_batch(f, y0, t0, t1, args=None, *, shared_step: bool = False, **kwargs):
+def solve_batch(
+    f, y0, t0, t1, args=None, *, shared_step: bool = False, kernel: bool = False, **kwargs
+):
     """Solve dy/dt = f(t, y, args) for a batch of initial states and/or parameters.
 
     Every leaf of `y0` and of `args` carries the batch on its leading axis (use
@@ -29,12 +31,22 @@ def solve_batch(f, y0, t0, t1, args=None, *, shared_step: bool = False, **kwargs
       loop iterations when the lanes need similar steps, but the lanes' answers depend on
       each other (a stiff lane shrinks everyone's step) and the statistics and status are
       the batch's.
+    - `kernel=True`: the whole batch in one Pallas kernel
+      (`jode.ode.ensemble_kernel.solve_ensemble_kernel`, the design of DiffEqGPU's
+      EnsembleGPUKernel): per-lane steps identical to the default path, for adaptive
+      explicit solvers saving at t1 or on a grid of times. Meant for GPUs; on CPU it runs in
+      Pallas interpret mode (slow: the default path is the CPU one). Forward only: under
+      `jax.grad`/`jax.jvp` it raises (use the default path for gradients). Extra options
+      `block=` (lanes per program) and `interpret=`; events, `stop=`, `jump_ts=`, dense
+      output, constant steps, implicit solvers, adjoints other than the default and the
+      diffrax backend raise a ValueError.
 
     Args:
         f, t0, t1, **kwargs: as for `jode.solve` (tolerances, solver, saveat, adjoint ...).
         y0: initial states, leaves of shape (B, ...).
         args: per-lane parameters, leaves of shape (B, ...).
         shared_step: one step size for the whole batch (see above).
+        kernel: solve in one Pallas kernel (see above).
 
     Returns:
         A `jode.Solution` with `ys` leaves of shape (B, n_save, ...).
@@ -48,10 +60,52 @@ def solve_batch(f, y0, t0, t1, args=None, *, shared_step: bool = False, **kwargs
             `Solution.summary()` there.
     """
     throw = kwargs.pop("throw", True)
-    sol = _solve_batch(f, y0, t0, t1, args, shared_step=shared_step, **kwargs)
+    if kernel:
+        sol = _kernel_batch(f, y0, t0, t1, args, shared_step, kwargs)
+    else:
+        sol = _solve_batch(f, y0, t0, t1, args, shared_step=shared_step, **kwargs)
     if throw:
         sol = _raise_on_failure(sol, shared_step, kwargs)
     return sol
+
+
+#: Options of `jode.solve` the ensemble kernel carries out; the others are refused by name.
+_KERNEL_OPTIONS = ("solver", "rtol", "atol", "saveat", "dt0", "controller", "max_steps",
+                   "block", "interpret")
+
+
+def _kernel_batch(f, y0, t0, t1, args, shared_step, kwargs):
+    """`solve_batch(..., kernel=True)`: check the options, then the ensemble kernel."""
+    from .adjoint import DirectAdjoint
+    from .ensemble_kernel import solve_ensemble_kernel
+
+    if shared_step:
+        raise ValueError("kernel=True steps every lane alone; drop shared_step=True")
+    adjoint = kwargs.get("adjoint")
+    if adjoint is not None and not isinstance(adjoint, DirectAdjoint):
+        raise ValueError(
+            f"kernel=True is forward-only; adjoint={adjoint!r} needs kernel=False (the "
+            "vmap path)"
+        )
+    if kwargs.get("backend", "jode") != "jode":
+        raise ValueError(f"kernel=True is jode's own kernel; drop backend={kwargs['backend']!r}")
+    if kwargs.get("dense"):
+        raise ValueError("kernel=True saves at t1 or on a grid of times; dense=True needs "
+                         "kernel=False")
+    for name in ("event", "stop", "jump_ts", "n_steps"):
+        if kwargs.get(name) is not None:
+            raise ValueError(
+                f"kernel=True does not support {name}=; use kernel=False (the vmap path)"
+            )
+    handled = {"adjoint", "backend", "dense", "event", "stop", "jump_ts", "n_steps"}
+    unknown = sorted(set(kwargs) - set(_KERNEL_OPTIONS) - handled)
+    if unknown:
+        raise ValueError(
+            f"kernel=True takes the options {', '.join(_KERNEL_OPTIONS)}; got unknown "
+            f"{', '.join(unknown)}"
+        )
+    options = {k: v for k, v in kwargs.items() if k in _KERNEL_OPTIONS}
+    return solve_ensemble_kernel(f, y0, t0, t1, args, **options)
 
 
 # Cached (compiled once per function and shapes) without the error check, which must see

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from .._jit import cached, check_solve
 from . import checks
 from .control import PIDController, all_finite, initial_step, pid_update, scaled_error
 from .explicit import EXPLICIT_SOLVERS, AbstractExplicitRK, Tsit5
@@ -45,6 +46,7 @@ def default_interpret() -> bool:
     return jax.default_backend() not in ("gpu", "cuda", "rocm", "tpu")
 
 
+@cached(check=check_solve, arrays=("y0", "args"), static=("t0", "t1", "dt0"), barrier=("y0",))
 def solve_ensemble_kernel(
     f,
     y0,
@@ -86,7 +88,8 @@ def solve_ensemble_kernel(
         rtol, atol: tolerances (scalars or pytrees shaped like one lane's state).
         saveat: None or `SaveAt(t1=True)` (the final state), an array of save times, or
             `SaveAt(ts=...)`.
-        dt0: the initial step (default: chosen as `jode.solve` does, Hairer-Norsett-Wanner).
+        dt0: the initial adaptive step, with `controller=jode.PIDController()` as in
+            `jode.solve` (default: chosen as `jode.solve` does, Hairer-Norsett-Wanner).
         controller: a `jode.PIDController` (default `jode.PIDController()`).
         max_steps: bound on the number of steps of each lane.
         block: lanes per kernel program (default: min(128, B rounded up to a power of 2)).
@@ -117,6 +120,12 @@ def solve_ensemble_kernel(
         raise ValueError(
             f"the ensemble kernel runs adaptive solves; {solver!r} has no error estimate. Use "
             "an adaptive solver such as jode.Tsit5(), or kernel=False for constant steps"
+        )
+    if dt0 is not None and controller is None:
+        raise ValueError(
+            "dt0 alone means constant steps (as in jode.solve), which the ensemble kernel does "
+            "not run: pass controller=jode.PIDController() to make dt0 the initial adaptive "
+            "step, or kernel=False for constant steps"
         )
     controller = PIDController() if controller is None else controller
     if not isinstance(controller, PIDController):
