@@ -20,6 +20,7 @@ import numpy as np
 
 from . import explicit, implicit
 from . import tableaus as tb
+from .adjoint import BacksolveAdjoint, DirectAdjoint, ForwardMode
 from .control import ConstantStep, PIDController
 from .solution import Solution, Status, raise_on_failure
 
@@ -97,15 +98,39 @@ def to_diffrax_solver(solver):
     )
 
 
-def _to_diffrax_adjoint(adjoint):
-    from . import adjoint as adj
+def to_diffrax(adjoint, rtol=None, atol=None):
+    """The diffrax adjoint doing what a jode adjoint does (for `backend="diffrax"`).
 
-    convert = getattr(adj, "to_diffrax", None)
-    if convert is not None:
-        return convert(adjoint)
-    if isinstance(adjoint, adj.ForwardMode):
+    `DirectAdjoint` → `diffrax.RecursiveCheckpointAdjoint` (binomial checkpointing, the
+    exact gradient of the discretized solve), `BacksolveAdjoint` → `diffrax.BacksolveAdjoint`
+    (its own solver/tolerances, and `diffrax.adjoint_rms_seminorm` for `seminorm=True`),
+    `ForwardMode` → `diffrax.ForwardMode`.
+
+    Args:
+        adjoint: a jode adjoint.
+        rtol, atol: the forward solve's tolerances, used by the backward solve when the
+            `BacksolveAdjoint` sets none of its own and asks for the seminorm.
+    """
+    if isinstance(adjoint, ForwardMode):
         return dfx.ForwardMode()
-    return dfx.RecursiveCheckpointAdjoint()
+    if isinstance(adjoint, DirectAdjoint):
+        return dfx.RecursiveCheckpointAdjoint(checkpoints=adjoint.checkpoints)
+    if isinstance(adjoint, BacksolveAdjoint):
+        kwargs = {}
+        if adjoint.solver is not None:
+            kwargs["solver"] = to_diffrax_solver(adjoint.solver)
+        rtol = adjoint.rtol if adjoint.rtol is not None else rtol
+        atol = adjoint.atol if adjoint.atol is not None else atol
+        if adjoint.seminorm or adjoint.rtol is not None or adjoint.atol is not None:
+            if rtol is None or atol is None:
+                raise ValueError(
+                    "BacksolveAdjoint(seminorm=True) with backend='diffrax' needs the backward "
+                    "tolerances: pass jode.BacksolveAdjoint(rtol=..., atol=..., seminorm=True)"
+                )
+            norm = dfx.adjoint_rms_seminorm if adjoint.seminorm else dfx.rms_norm
+            kwargs["stepsize_controller"] = dfx.PIDController(rtol=rtol, atol=atol, norm=norm)
+        return dfx.BacksolveAdjoint(**kwargs)
+    raise ValueError(f"no diffrax counterpart for adjoint {adjoint!r}")
 
 
 def _status(result):
@@ -211,7 +236,7 @@ def solve_diffrax(
         args,
         saveat=dfx_saveat,
         stepsize_controller=stepsize,
-        adjoint=_to_diffrax_adjoint(adjoint),
+        adjoint=to_diffrax(adjoint),
         max_steps=max_steps,
         throw=False,
         event=dfx_event,

@@ -66,6 +66,9 @@ class SaveAt(eqx.Module):
 
 
 class _Carry(NamedTuple):
+    # The save buffers: the body only writes into them (see loop.checkpointed_loop).
+    WRITE_ONLY = ("ys", "step_ts", "step_ys", "dense_coeffs")
+
     t: jax.Array
     y: jax.Array
     fy: jax.Array

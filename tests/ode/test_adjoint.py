@@ -16,7 +16,7 @@ import scipy.linalg
 
 import jode
 from jode.models import linear, lotka_volterra
-from jode.ode.adjoint import to_diffrax
+from jode.ode.diffrax_backend import to_diffrax
 
 P_LV = jnp.array([1.5, 1.0, 3.0, 1.0])
 Y0_LV = jnp.array([1.0, 1.0])
