@@ -13,6 +13,15 @@ The sharded program is compiled once per function object, batch shapes and optio
 same function reuses it. Pass the same function object (a named function, or a lambda kept
 in a variable), not a new lambda per call.
 
+How the batch is split can change a lane's last bits: each device vmaps its own block (and
+the padding), and the batch a computation is vmapped in changes the rounding of XLA's
+vectorized code. Converged lanes agree to within their tolerance (~1e-8 with the default
+rtol = atol = 1e-8; 64 Lotka-Volterra final states were bitwise equal on one and on two
+processes, four converged multi-start fits agreed to 2e-13), but an unconverged lane (a fit
+stopped at its step budget, a solve at max_steps) stops wherever its own path got to, and
+that can differ between shardings. Compare results across device counts at the
+tolerance, not bitwise (`scripts/sweep_multihost.py` runs a sweep over N processes).
+
 Example:
     >>> thetas = jode.sweeping.grid(alpha=jnp.linspace(1, 2, 32), beta=jnp.linspace(0.5, 1.5, 32))
     >>> def final(p):
@@ -22,6 +31,8 @@ Example:
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 
 import equinox as eqx
@@ -31,9 +42,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-__all__ = ["grid", "sweep", "fit_sweep", "batch_size"]
+__all__ = ["grid", "sweep", "fit_sweep", "batch_size", "FitSweep", "with_step_budget"]
 
 _AXIS = "batch"
+_BLOCK = 64  # starts per call of the sequential (one lane) program
 
 
 def grid(**axes) -> jax.Array:
@@ -174,11 +186,279 @@ class _FitOne(eqx.Module):
         return run_stages(self.loss, self.stages, theta)
 
 
-def fit_sweep(loss, thetas, stages, *, chunk_size: int | None = None, devices=None):
-    """Fit from every initial guess in `thetas` (multi-start) as one sharded sweep.
+class FitSweep(tuple):
+    """`(θ̂ for every start, their final losses)` — unpacks as a pair — with
 
-    Each guess runs `jode.fitting.run_stages(loss, stages, θ0)` (no progress bar: one
-    compiled program, reused by later calls with the same model, stages and shapes);
-    returns (θ̂ for every guess, their final losses).
+    Attributes:
+        status: each start's last `FitStatus` (`jode.RESULTS`: CONVERGED, MAX_STEPS,
+            NONFINITE), shape (B,).
+        iterations: each start's optimizer iterations, summed over stages, shape (B,).
+        stats: how the batch ran: `lockstep_iterations_per_lane` (Σ over compiled calls of
+            width × iterations per call, divided by B: the work a lane cost, counting the
+            iterations it waited in lock step), `calls`, `width`, `chunk_iterations`,
+            `step_budget` (the inner solves' max_steps, or None) and `retired` (whether
+            finished lanes were replaced).
     """
-    return sweep(_FitOne(loss, tuple(stages)), thetas, chunk_size=chunk_size, devices=devices)
+
+    status: np.ndarray
+    iterations: np.ndarray
+    stats: dict
+
+    def __new__(cls, params, losses, status=None, iterations=None, stats=None):
+        out = super().__new__(cls, (params, losses))
+        out.status = status
+        out.iterations = iterations
+        out.stats = {} if stats is None else stats
+        return out
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+def _solve_steps(loss, thetas):
+    """The steps each start's solve takes (the accepted solves of the starting points)."""
+    from .ode.solve import solve
+
+    def steps(theta):
+        y0, args = loss.split(loss.extract(loss.init(theta)))
+        opts = loss.options()
+        opts["throw"] = False
+        sol = solve(loss.vector_field, y0, loss.t0, loss.ts[-1], args, saveat=loss.ts, **opts)
+        return sol.stats["steps"], sol.status == 0
+
+    steps, ok = jax.jit(jax.vmap(steps))(thetas)
+    return np.asarray(steps)[np.asarray(ok)]
+
+
+def with_step_budget(loss, thetas, factor: float = 4.0):
+    """`loss` with its solves capped at `factor` × the most steps a start's solve takes.
+
+    The starts whose own solve fails are left out of the measure (they fail as before).
+    A line search tries points far from the accepted one; where their solve becomes stiff or
+    fast it would take up to the loss's `max_steps` (16384 by default) while, in a batch, every
+    other lane waits for it. Capped, such a trial solve stops early with MAX_STEPS, its loss is
+    NaN, and the line search rejects the point as it rejects any non-finite value (optax's
+    zoom and backtracking searches treat NaN as +inf, i.e. a failed decrease condition). The
+    budget is a power of two (one compiled program per value) and never above the loss's own
+    `max_steps`. Returns (loss, budget); losses without adaptive `TrajectoryLoss` solves are
+    returned unchanged with budget None.
+    """
+    from .fitting.loss import TrajectoryLoss
+
+    if not isinstance(loss, TrajectoryLoss):
+        return loss, None
+    opts = loss.options()
+    if opts.get("n_steps") is not None or opts.get("backend", "jode") != "jode":
+        return loss, None
+    if opts.get("dt0") is not None and opts.get("controller") is None:
+        return loss, None  # constant steps: the work is fixed
+    steps = _solve_steps(loss, thetas)
+    current = int(opts.get("max_steps", 4096))
+    if steps.size == 0:  # no start's solve succeeds: nothing to measure the budget by
+        return loss, None
+    budget = min(current, _next_pow2(max(int(math.ceil(factor * steps.max())), 16)))
+    if budget >= current:
+        return loss, None
+    capped = copy.copy(loss)
+    opts["max_steps"] = budget
+    opts.pop("throw", None)
+    object.__setattr__(capped, "solve_options", tuple(sorted(opts.items())))
+    return capped, budget
+
+
+def _take(tree, idx):
+    return jax.tree.map(lambda x: np.asarray(x)[idx], tree)
+
+
+def _put(tree, idx, values):
+    def put(x, v):
+        x = np.array(x)
+        x[idx] = np.asarray(v)
+        return x
+
+    return jax.tree.map(put, tree, values)
+
+
+def _run_stage_pool(loss, stage, params, width, chunk_iterations, stats):
+    """One stage over every start with a pool of `width` lanes and one compiled chunk.
+
+    Every call runs `chunk_iterations` iterations of all `width` lanes (`vmap` of a
+    `lax.scan`); between calls the lanes whose stage finished (converged, out of steps or
+    non-finite) hand their state back and take the next waiting start, so a batch never
+    waits for its slowest member for longer than one call. Once no start waits, the free
+    lanes repeat an active lane (the lock-step cost of a call is that of its slowest lane,
+    so a copy costs no extra iterations). Returns every start's final `StageState`.
+    """
+    from .fitting._fit import _compiled
+    from .fitting.stages import FitStatus
+
+    n = jax.tree.leaves(params)[0].shape[0]
+    init_fn, chunk_fn = _compiled(stage, chunk_iterations, True)
+    aux = jnp.asarray(jnp.inf, jnp.result_type(float))
+    # Initial states of every start, `width` at a time through one compiled init.
+    blocks = []
+    for lo in range(0, n, width):
+        block = _pad(_take(params, slice(lo, lo + width)), width)
+        blocks.append(_take(init_fn(stage, loss, block, aux), slice(0, min(width, n - lo))))
+    states = jax.tree.map(lambda *xs: np.concatenate(xs), *blocks)
+    status = np.asarray(states.status)
+    waiting = [i for i in range(n) if status[i] == FitStatus.RUNNING]
+    slots = np.full(width, -1)
+    pool = _take(states, np.zeros(width, int))
+    while True:
+        free = np.flatnonzero(slots < 0)
+        take = min(len(free), len(waiting))
+        if take:
+            new, waiting = waiting[:take], waiting[take:]
+            slots[free[:take]] = new
+            pool = _put(pool, free[:take], _take(states, np.asarray(new)))
+        busy = np.flatnonzero(slots >= 0)
+        if busy.size == 0:
+            break
+        idle = np.flatnonzero(slots < 0)
+        if idle.size:  # copies of active lanes: no extra lock-step iterations
+            pool = _put(pool, idle, _take(pool, busy[np.arange(idle.size) % busy.size]))
+        pool = jax.tree.map(np.asarray, chunk_fn(stage, loss, pool, aux)[0])
+        stats["calls"] += 1
+        stats["lane_iterations"] += width * chunk_iterations
+        done = busy[np.asarray(pool.status)[busy] != FitStatus.RUNNING]
+        if done.size:
+            states = _put(states, slots[done], _take(pool, done))
+            slots[done] = -1
+    return states
+
+
+@functools.cache
+def _sequential_program(kind, structure):
+    """One compiled program per stage type: a block of starts one after another (`lax.map`),
+    each running its stage as a `while` loop until it converges, fails or runs out of steps.
+    Nothing waits in lock step, and padding lanes (marked finished) cost one loss each."""
+    del kind, structure  # the cache key
+    from .fitting.stages import FitStatus, init_state, stage_step
+
+    def block(stage, loss, params, live, aux):
+        def one(args):
+            p, alive = args
+            s = init_state(loss, stage, p, aux)
+            s = s._replace(status=jnp.where(alive, s.status, FitStatus.CONVERGED))
+            return jax.lax.while_loop(lambda s: s.status == FitStatus.RUNNING,
+                                      lambda s: stage_step(loss, stage, s, aux), s)
+
+        return jax.lax.map(one, (params, live))
+
+    return jax.jit(block)
+
+
+def _run_stage_sequential(loss, stage, params, block, stats):
+    """One stage over every start, `block` starts per call of one compiled program."""
+    n = jax.tree.leaves(params)[0].shape[0]
+    program = _sequential_program(type(stage), jax.tree.structure(stage))
+    aux = jnp.asarray(jnp.inf, jnp.result_type(float))
+    out = []
+    for lo in range(0, n, block):
+        m = min(block, n - lo)
+        live = np.arange(block) < m
+        part = _pad(_take(params, slice(lo, lo + m)), block)
+        states = program(stage, loss, part, live, aux)
+        out.append(_take(states, slice(0, m)))
+        stats["calls"] += 1
+    states = jax.tree.map(lambda *xs: np.concatenate(xs), *out)
+    stats["lane_iterations"] += int(np.sum(states.step))
+    return states
+
+
+def _fit_retiring(loss, thetas, stages, width, chunk_iterations, step_budget):
+    from .fitting.stages import FitStatus
+
+    n = batch_size(thetas)
+    thetas = jax.tree.map(lambda x: jnp.asarray(x, jnp.result_type(float)), thetas)
+    budget = None
+    if step_budget is not None:
+        loss, budget = with_step_budget(loss, thetas, step_budget)
+    stats = dict(calls=0, lane_iterations=0, width=width, chunk_iterations=chunk_iterations,
+                 step_budget=budget, retired=True)
+    params = jax.vmap(loss.init)(thetas)
+    iterations = np.zeros(n, int)
+    for stage in stages:
+        if width == 1:
+            states = _run_stage_sequential(loss, stage, params, _BLOCK, stats)
+        else:
+            states = _run_stage_pool(loss, stage, params, width, chunk_iterations, stats)
+        params = states.params
+        iterations += np.asarray(states.step)
+        status = np.asarray(states.status)
+        value = np.asarray(states.value)
+    stats["lockstep_iterations_per_lane"] = stats.pop("lane_iterations") / n
+    out = jax.tree.map(np.asarray, jax.vmap(loss.extract)(params))
+    return FitSweep(out, value, status=np.vectorize(FitStatus)(status), iterations=iterations,
+                    stats=stats)
+
+
+def fit_sweep(loss, thetas, stages, *, chunk_size: int | None = None, devices=None,
+              retire: bool | None = None, chunk_iterations: int = 5,
+              step_budget: float | None = 4.0):
+    """Fit from every initial guess in `thetas` (multi-start) as one batched computation.
+
+    Each guess runs the stages of `jode.fitting.run_stages(loss, stages, θ0)` (no progress
+    bar). Three ways to run the batch:
+
+    - One lane (`chunk_size=1`, the default on CPU): one compiled program takes 64 guesses
+      per call and fits them one after another (`lax.map`), each stage a `while` loop that
+      ends when that guess converges, fails or runs out of steps: no guess waits for another.
+    - Retiring lanes (`chunk_size=W > 1`, default min(B, 64) on accelerators): W lanes run
+      `chunk_iterations` iterations per call of one compiled, `vmap`ped chunk; between
+      calls, lanes whose fit finished take the next waiting guess, so no lane waits for the
+      slowest fit for more than one call.
+    - One sharded program (`retire=False`, the default over several devices or processes):
+      `sweep` of the whole fit, every lane running every stage's full step budget in lock
+      step, `chunk_size` lanes at a time.
+
+    One program per stage type, loss structure and width serves every call of a sweep and
+    later sweeps of the same model and shapes.
+
+    With `step_budget` (default 4), the inner solves of a `TrajectoryLoss` are capped at that
+    many times the most steps a guess's own solve takes (`with_step_budget`): a line search's
+    wild trial point then fails fast (its loss is NaN, which the line search rejects) instead
+    of running to `max_steps` with every lane waiting. None keeps the loss's max_steps.
+
+    Returns:
+        A `FitSweep`: unpacks as (θ̂ for every guess, their final losses), with each guess's
+        `status`, `iterations` and the batch's `stats` (lock-step iterations per lane).
+
+    Raises:
+        ValueError: for an empty or ragged batch, a bad chunk_size or chunk_iterations, or
+            retire=True over several devices or processes.
+    """
+    stages = tuple(stages)
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}")
+    if not isinstance(chunk_iterations, int) or chunk_iterations < 1:
+        raise ValueError(
+            f"chunk_iterations must be a positive int; got chunk_iterations={chunk_iterations!r}"
+        )
+    if step_budget is not None and not step_budget >= 1:
+        raise ValueError(
+            f"step_budget must be a number >= 1 (a multiple of the starts' solve steps) or "
+            f"None; got step_budget={step_budget!r}"
+        )
+    single = (devices is None or len(list(devices)) == 1) and jax.process_count() == 1
+    if devices is None and len(jax.devices()) > 1:
+        single = False
+    if retire is None:
+        retire = single
+    if retire and not single:
+        raise ValueError(
+            "retire=True runs on one device in one process; pass devices=[one device], or "
+            "retire=False to shard the whole fit over several devices"
+        )
+    if not retire:
+        return FitSweep(*sweep(_FitOne(loss, stages), thetas, chunk_size=chunk_size,
+                               devices=devices), stats=dict(retired=False))
+    n = batch_size(thetas)
+    if chunk_size is None:
+        width = 1 if jax.default_backend() == "cpu" else min(64, _next_pow2(n))
+    else:
+        width = chunk_size
+    with jax.default_device(list(devices)[0] if devices is not None else jax.devices()[0]):
+        return _fit_retiring(loss, thetas, stages, width, chunk_iterations, step_budget)
