@@ -6,18 +6,31 @@ multiple GPU platforms", CMAME 419, 116591, §4): the whole solve of every traje
 stages, error norm, step-size controller, dense-output saves -- runs inside one kernel, each
 trajectory with its own adaptive loop, so the ensemble costs one launch and the state never
 leaves the chip between steps. Here it is one `jax.experimental.pallas.pallas_call` whose
-grid has one program per block of lanes; a program keeps its block's states as
-(n_components, block) arrays (lanes last) and steps all its lanes at once under per-lane
-masks until every lane is done.
+grid has one program per block of lanes; a program steps all its lanes at once under
+per-lane masks until every lane is done.
 
-Each lane takes exactly the steps `jode.solve` takes for it alone: the step is
-`solver.step` (the tableau's stages, explicit.py), the error norm `control.scaled_error`,
-the controller `control.pid_update` and the initial step `control.initial_step`, all
-vmapped over the block's lanes, with the same masking and failure rules as
-`solve._body`. Saves on a grid of times `ts` never shorten a step: the kernel loops over
-the save times, advancing each lane until its time reaches the next save time, and then
-evaluates every lane's last dense-output polynomial there (`interpolation.horner`), as the
-solve does after each step.
+Inside a program every value is a row of `block` lanes: component i of the state of all
+the block's lanes is one (block,) array, as each GPU thread of EnsembleGPUKernel holds its
+trajectory in scalars. The per-lane code -- the user's f, the solver's step, the controller
+-- is traced once for one lane (a jaxpr) and run on rows equation by equation
+(`_eval_rows`): elementwise primitives entry by entry, shape primitives (indexing by Python
+ints, stacks, broadcasts, reshapes) on the grid of rows, reductions and small matrix
+products as sums in index order. So every operation the kernel issues has the block's
+shape, whatever the state's size: Pallas's Triton backend needs power-of-two shapes, which
+an (n, block) state with n = 3, or Tsit5's five dense-output rows, would break. Vector
+fields that index by traced values (gathers), loop or sort are refused by name.
+
+Each lane takes the steps `jode.solve` takes for it alone: the step is `solver.step` (the
+tableau's stages, explicit.py), the error norm `control.scaled_error`, the controller
+`control.pid_update` and the initial step `control.initial_step`, with the same masking and
+failure rules as `solve._body`. The arithmetic is the same; XLA may fuse it differently
+(contracting a multiply-add here and not there), and an ulp of the state moves the error
+estimate's leading digits, so step sizes and values agree with the solve's to rounding
+(measured: identical step counts; float64 values ~1e-14 relative after hundreds of steps).
+Saves on a grid of times `ts` never shorten a step: the kernel loops over the save times,
+advancing each lane until its time reaches the next save time, and then evaluates every
+lane's last dense-output polynomial there (`interpolation.horner`), as the solve does after
+each step.
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from .._jit import cached, check_solve
@@ -70,11 +84,12 @@ def solve_ensemble_kernel(
     `jode.solve_batch`. Each lane steps alone (its own step sizes, status and statistics),
     taking the same steps as `jode.solve` on that lane (see the module docstring).
 
-    The vector field is `f(t, y, args)` for one lane, as for `jode.solve`. Inside the kernel
-    it is vmapped over the lane axis of the block: the state is held as an
-    (n_components, block) array and `f` runs on (n_components,) vectors under `jax.vmap`
-    with the lanes on the last axis, so component i of every lane is one row. What f
-    closes over (arrays, tracers) is passed to the kernel as inputs.
+    The vector field is `f(t, y, args)` for one lane, as for `jode.solve`. It is traced for
+    one lane and run on component rows (component i of every lane of a block is one
+    (block,) array; see the module docstring). What f closes over (arrays, tracers) is
+    passed to the kernel as inputs. f may index with Python ints, stack, reshape, branch
+    with `jnp.where`/`lax.cond` and multiply small matrices; indexing by traced values,
+    loops and sorts inside f raise a ValueError (use the vmap path).
 
     Forward only: differentiating through the kernel (jax.grad, jax.jvp) raises a
     ValueError; use `jode.solve_batch(..., kernel=False)` (the vmap path) for gradients.
@@ -105,7 +120,8 @@ def solve_ensemble_kernel(
 
     Raises:
         ValueError: for an implicit or non-adaptive solver, a constant-step controller,
-            `SaveAt(steps=True)` or dense output, or leaves without a common batch axis.
+            `SaveAt(steps=True)` or dense output, leaves without a common batch axis, or a
+            vector field the kernel cannot run on rows (see above).
     """
     from .solve import SaveAt, _flatten_tol, _strong_args, _strong_state
 
@@ -200,7 +216,7 @@ def solve_ensemble_kernel(
     y_lanes, ts = _traced_checks(y_lanes, ts, t0a, t1a)
     rtol_v = jnp.atleast_1d(_flatten_tol(rtol, y0_lane, dtype))
     atol_v = jnp.atleast_1d(_flatten_tol(atol, y0_lane, dtype))
-    times = jnp.stack([t0a, t1a, jnp.asarray(0 if dt0 is None else dt0, dtype)])
+    times = jnp.stack([t0a, t1a, jnp.asarray(0 if dt0 is None else dt0, dtype), t0a])
 
     run = functools.partial(
         _run,
@@ -344,71 +360,59 @@ def _run(y_lanes, a_lanes, consts, times, rtol_v, atol_v, ts, *, spec: _Spec):
         in_specs=in_specs,
         out_specs=out_specs,
         interpret=spec.interpret,
+        compiler_params=_compiler_params(spec),
         name="jode_ensemble_rk",
     )(*inputs)
     return ys[..., :n_lanes], ints[:, :n_lanes], t_last[:n_lanes]
 
 
-def _kernel(*refs, spec: _Spec, n_args, n_consts, has_ts):
-    """One program: the adaptive loops of `block` lanes, state (n, block), lanes last."""
-    refs = list(refs)
-    y_ref = refs.pop(0)
-    a_refs = [refs.pop(0) for _ in range(n_args)]
-    c_refs = [refs.pop(0) for _ in range(n_consts)]
-    times_ref, rtol_ref, atol_ref = refs.pop(0), refs.pop(0), refs.pop(0)
-    ts_ref = refs.pop(0) if has_ts else None
-    ys_ref, ints_ref, tlast_ref = refs
+def _compiler_params(spec: _Spec):
+    """On a GPU, Pallas's Triton backend (Mosaic GPU, the default, has no float64 and wants
+    warpgroup-shaped arrays): one thread per lane, `block` lanes per program."""
+    if spec.interpret or jax.default_backend() not in ("gpu", "cuda", "rocm"):
+        return None
+    from jax.experimental.pallas import triton as pl_triton
 
+    return pl_triton.CompilerParams(num_warps=max(1, min(8, spec.block // 32)), num_stages=1)
+
+
+def _lane_functions(spec: _Spec):
+    """One lane's start, step attempt and save, as plain functions of per-lane arrays.
+
+    The kernel traces each to a jaxpr and runs it on rows of lanes (`_eval_rows`); under
+    `jax.vmap` they are what `solve._body` computes for a lane (see the module docstring).
+    """
     solver, controller = spec.solver, spec.controller
-    dtype = spec.dtype
-    consts = [
-        jnp.reshape(r[...], shape) for r, shape in zip(c_refs, spec.const_shapes, strict=True)
-    ]
-    times = times_ref[...]
-    t0, t1, dt0 = times[0], times[1], times[2]
-    rtol, atol = rtol_ref[...], atol_ref[...]
-    rtol = rtol[0] if spec.scalar_tol[0] else rtol
-    atol = atol[0] if spec.scalar_tol[1] else atol
-    direction = jnp.where(t1 >= t0, 1, -1).astype(dtype)
 
-    def f_lane(t, y, a_cols):  # one lane: a_cols are the lane's columns of args' leaves
+    def f_lane(consts, t, y, a_cols):  # a_cols: the lane's columns of args' array leaves
         leaves = [jnp.reshape(x, s) for x, s in zip(a_cols, spec.a_shapes, strict=True)]
-        a = jax.tree.unflatten(spec.a_def, leaves)
-        flat_a = jax.tree.leaves(a)
-        (out,) = jax.core.eval_jaxpr(spec.jaxpr, consts, t, y, *flat_a)
+        (out,) = jax.core.eval_jaxpr(spec.jaxpr, consts, t, y, *leaves)
         return out
 
-    a_cols = [r[...] for r in a_refs]
-    y0 = y_ref[...]
-    lanes = y0.shape[1]
-    v = functools.partial(jax.vmap, in_axes=-1, out_axes=-1)
-
-    def start(y, a):  # f(t0, y0) and the initial step, as jode.solve computes them
-        f = lambda t, y: f_lane(t, y, a)  # noqa: E731
+    def start(consts, scal, y, a_cols):  # f(t0, y0) and the initial step, as jode.solve
+        t0, _, dt0, direction, rtol, atol = scal
+        f = lambda t, y: f_lane(consts, t, y, a_cols)  # noqa: E731
         fy = f(t0, y)
         if spec.has_dt0:
-            h = dt0
-        else:
-            h = initial_step(f, t0, y, fy, direction, solver.error_order, rtol, atol)
-        return fy, h
+            return fy, dt0
+        return fy, initial_step(f, t0, y, fy, direction, solver.error_order, rtol, atol)
 
-    fy0, h0 = v(start)(y0, a_cols)
-
-    def attempt(c, a, target):  # one step of one lane: solve._body without the extras
+    def attempt(consts, scal, target, c, a_cols):  # solve._body without jumps and events
+        t0, t1, _, d, rtol, atol = scal
         t, y, fy, h, prev_inv, steps, accepted, rejected, status, live, last = c
-        d = direction
-        f = lambda t, y: f_lane(t, y, a)  # noqa: E731
+        f = lambda t, y: f_lane(consts, t, y, a_cols)  # noqa: E731
         can_step = live & (d * t < d * target)
         t_end = t + h
-        hit_t1 = d * t_end >= d * t1
-        t_end = jnp.where(hit_t1, t1, t_end)
-        h = t_end - t
-        res = solver.step(f, t, y, fy, h)
-        broken = ~all_finite(fy) | ~jnp.isfinite(h)
+        t_end = jnp.where(d * t_end >= d * t1, t1, t_end)
+        h_try = t_end - t
+        res = solver.step(f, t, y, fy, h_try)
+        broken = ~all_finite(fy) | ~jnp.isfinite(h_try)
         finite = all_finite(res.y1)
         err = scaled_error(res.error, y, res.y1, rtol, atol)
         err = jnp.where(finite & res.ok, err, jnp.inf)
-        accept, h_next, prev_next = pid_update(controller, solver.error_order, err, h, prev_inv)
+        accept, h_next, prev_next = pid_update(
+            controller, solver.error_order, err, h_try, prev_inv
+        )
         dtmin = controller.dtmin
         tiny = jnp.abs(h_next) <= (0.0 if dtmin is None else dtmin)
         tiny = tiny | (t + h_next == t)
@@ -420,21 +424,19 @@ def _kernel(*refs, spec: _Spec, n_args, n_consts, has_ts):
         accept = accept & ~broken
         failure = jnp.where(broken, Status.NONFINITE, failure)
         take = can_step & accept
-        last_t, last_h, last_coeffs = last
         new_t = jnp.where(take, t_end, t)
         new_steps = steps + can_step.astype(jnp.int32)
         new_status = jnp.where(can_step, failure.astype(status.dtype), status)
         new_live = (
-            live
-            & (d * new_t < d * t1)
-            & (new_steps < spec.max_steps)
+            live & (d * new_t < d * t1) & (new_steps < spec.max_steps)
             & (new_status == Status.SUCCESS)
         )
+        last_t, last_h, last_coeffs = last
         return (
             new_t,
             jnp.where(take, res.y1, y),
             jnp.where(take, res.f1, fy),
-            jnp.where(can_step, h_next, c[3]),
+            jnp.where(can_step, h_next, h),
             jnp.where(can_step, prev_next, prev_inv),
             new_steps,
             accepted + take.astype(jnp.int32),
@@ -443,67 +445,350 @@ def _kernel(*refs, spec: _Spec, n_args, n_consts, has_ts):
             new_live,
             (
                 jnp.where(take, t, last_t),
-                jnp.where(take, h, last_h),
+                jnp.where(take, h_try, last_h),
                 jnp.where(take, res.coeffs, last_coeffs),
             ),
         )
 
-    step_v = jax.vmap(attempt, in_axes=(-1, -1, None), out_axes=-1)
+    def save(scal, target, t, last, y0):  # the state at `target` from the last step
+        t0, _, _, d, _, _ = scal
+        last_t, last_h, coeffs = last
+        safe_h = jnp.where(last_h == 0, 1, last_h)
+        values = horner(coeffs, (target - last_t) / safe_h)
+        values = jnp.where(d * t >= d * target, values, jnp.nan)
+        return jnp.where(target == t0, y0, values)
 
-    def advance(c, target):  # step every lane until it reaches `target` (or stops)
-        def going(c):
-            return jnp.any(c[9] & (direction * c[0] < direction * target))
+    return start, attempt, save
 
-        return jax.lax.while_loop(going, lambda c: step_v(c, a_cols, target), c)
 
-    i32 = lambda: jnp.zeros((lanes,), jnp.int32)  # noqa: E731
+def _kernel(*refs, spec: _Spec, n_args, n_consts, has_ts):
+    """One program: the adaptive loops of `block` lanes.
+
+    Every array the kernel holds is a row of `block` lanes (one component of one per-lane
+    value): the per-lane functions run on rows through `_eval_rows`, so the kernel's
+    operations all have the block's shape (a power of two for GPU lowering) whatever the
+    state's size, as each GPU thread of EnsembleGPUKernel holds its trajectory in scalars.
+    """
+    refs = list(refs)
+    y_ref = refs.pop(0)
+    a_refs = [refs.pop(0) for _ in range(n_args)]
+    c_refs = [refs.pop(0) for _ in range(n_consts)]
+    times_ref, rtol_ref, atol_ref = refs.pop(0), refs.pop(0), refs.pop(0)
+    ts_ref = refs.pop(0) if has_ts else None
+    ys_ref, ints_ref, tlast_ref = refs
+    block, n, dtype = spec.block, spec.n, spec.dtype
+
+    def row(x):
+        return jnp.broadcast_to(x, (block,))
+
+    def rows_of(ref, shape):  # a small whole-array input as rows (every lane the same)
+        out = np.empty(shape, object)
+        for idx in np.ndindex(*shape):
+            out[idx] = row(ref[idx])
+        return out
+
+    def lanes_of(ref, rows):  # a lane-blocked input: row i is ref[i, :]
+        out = np.empty((rows,), object)
+        for i in range(rows):
+            out[i] = ref[i, :]
+        return out
+
+    consts = [
+        rows_of(r, s if s else (1,)).reshape(s)
+        for r, s in zip(c_refs, spec.const_shapes, strict=True)
+    ]
+    t0, t1, dt0 = (row(times_ref[k]) for k in range(3))
+    direction = jnp.where(t1 >= t0, 1, -1).astype(dtype)
+    tol = [rows_of(r, (m,)) for r, m in ((rtol_ref, rtol_ref.shape[0]),
+                                          (atol_ref, atol_ref.shape[0]))]
+    tol = [x.reshape(()) if scalar else x for x, scalar in zip(tol, spec.scalar_tol, strict=True)]
+    scal = tuple(_obj(x) for x in (t0, t1, dt0, direction)) + tuple(tol)
+    y0 = lanes_of(y_ref, n)
+    a_cols = [lanes_of(r, r.shape[0]) for r in a_refs]
+
+    start, attempt, save = _lane_functions(spec)
+    avals = _avals((consts, scal, y0, a_cols))
+    fy0, h0 = _call_rows(start, avals, (consts, scal, y0, a_cols), block)
+
     degree = jax.eval_shape(
-        lambda y: solver.step(lambda t, y: y, jnp.zeros((), dtype), y, y, jnp.ones((), dtype)),
-        jax.ShapeDtypeStruct((spec.n,), dtype),
-    ).coeffs.shape[0]
-    t_lanes = jnp.full((lanes,), t0, dtype)
+        lambda y: solver_coeffs(spec.solver, y), jax.ShapeDtypeStruct((n,), dtype)
+    ).shape[0]
+
+    def zeros(shape, dt, value=0):
+        out = np.empty(shape, object)
+        for idx in np.ndindex(*shape):
+            out[idx] = jnp.full((block,), value, dt)
+        return out
+
+    live0 = (direction * t0 < direction * t1) & (spec.max_steps > 0)
     init = (
-        t_lanes,
-        y0,
-        fy0,
-        h0,
-        jnp.ones((2, lanes), dtype),
-        i32(),
-        i32(),
-        i32(),
-        i32() + int(Status.SUCCESS),
-        (direction * t0 < direction * t1) & (spec.max_steps > 0) & jnp.ones((lanes,), bool),
-        (t_lanes, jnp.zeros((lanes,), dtype), jnp.zeros((degree, spec.n, lanes), dtype)),
+        _obj(t0), y0, fy0, h0, zeros((2,), dtype, 1), zeros((), jnp.int32),
+        zeros((), jnp.int32), zeros((), jnp.int32), zeros((), jnp.int32, int(Status.SUCCESS)),
+        _obj(live0), (_obj(t0), zeros((), dtype), zeros((degree, n), dtype)),
     )
+    step_avals = _avals((consts, scal, _obj(t0), init, a_cols))
+    step_jaxpr, step_tree = _trace(attempt, step_avals)
+    flat_init, carry_tree = jax.tree.flatten(init)
+    shapes = [x.shape for x in flat_init]
 
+    def advance(carry_rows, target):  # step every lane until it reaches `target` (or stops)
+        def going(rows):
+            c = jax.tree.unflatten(carry_tree, _unrows(rows, shapes))
+            t, live = c[0][()], c[9][()]
+            return jnp.any(live & (direction * t < direction * target))
+
+        def body(rows):
+            c = jax.tree.unflatten(carry_tree, _unrows(rows, shapes))
+            ins = jax.tree.leaves((consts, scal, _obj(target), c, a_cols))
+            out = _eval_rows(step_jaxpr.jaxpr, _lift_consts(step_jaxpr.consts, block), ins, block)
+            return _rows(jax.tree.leaves(jax.tree.unflatten(step_tree, out)))
+
+        return jax.lax.while_loop(going, body, carry_rows)
+
+    carry = _rows(flat_init)
     if has_ts:
-        ts = ts_ref[...]
+        save_avals = _avals((scal, _obj(t0), _obj(t0), init[10], y0))
+        save_jaxpr, _ = _trace(save, save_avals)
 
-        def save(j, c):
-            target = ts[j]
-            c = advance(c, target)
-            t, y0_rows = c[0], y0
-            last_t, last_h, coeffs = c[10]
-            safe_h = jnp.where(last_h == 0, 1, last_h)
-            theta = (target - last_t) / safe_h
-            values = horner(coeffs, theta)
-            reached = direction * t >= direction * target
-            values = jnp.where(reached, values, jnp.nan)
-            values = jnp.where(target == t0, y0_rows, values)
-            ys_ref[pl_ds(j)] = values[None].astype(dtype)
-            return c
+        def one_save(j, carry):
+            target = row(ts_ref[j])
+            carry = advance(carry, target)
+            c = jax.tree.unflatten(carry_tree, _unrows(carry, shapes))
+            ins = jax.tree.leaves((scal, _obj(target), c[0], c[10], y0))
+            (values,) = _eval_rows(
+                save_jaxpr.jaxpr, _lift_consts(save_jaxpr.consts, block), ins, block
+            )
+            for i in range(n):
+                ys_ref[j, i, :] = values[i].astype(dtype)
+            return carry
 
-        final = jax.lax.fori_loop(0, ts.shape[0], save, init)
+        carry = jax.lax.fori_loop(0, ts_ref.shape[0], one_save, carry)
     else:
-        final = advance(init, t1)
-        ys_ref[...] = final[1][None]
-    t, status = final[0], final[8]
+        carry = advance(carry, t1)
+        c = jax.tree.unflatten(carry_tree, _unrows(carry, shapes))
+        for i in range(n):
+            ys_ref[0, i, :] = c[1][i]
+    c = jax.tree.unflatten(carry_tree, _unrows(carry, shapes))
+    t, status = c[0][()], c[8][()]
     status = jnp.where((status == Status.SUCCESS) & (t != t1), Status.MAX_STEPS, status)
-    ints_ref[...] = jnp.stack([status.astype(jnp.int32), final[5], final[6], final[7]])
-    tlast_ref[...] = t
+    for k, x in enumerate((status.astype(jnp.int32), c[5][()], c[6][()], c[7][()])):
+        ints_ref[k, :] = x
+    tlast_ref[:] = t
 
 
-def pl_ds(j):
-    from jax.experimental import pallas as pl
+def solver_coeffs(solver, y):
+    """The dense-output coefficients of one step (for their shape)."""
+    zero = jnp.zeros((), y.dtype)
+    return solver.step(lambda t, y: y, zero, y, y, jnp.ones((), y.dtype)).coeffs
 
-    return pl.ds(j, 1)
+
+# ---------------------------------------------------------------------------------------
+# Per-lane functions on rows of lanes. A per-lane value of shape s is a NumPy object array
+# of shape s whose entries are (block,) arrays, one lane each; a jaxpr traced for one lane
+# runs on such values equation by equation: elementwise primitives entry by entry, shape
+# primitives (slices, stacks, broadcasts, reshapes) on the object arrays, reductions and
+# small products as sums in index order (the order of the unrolled sums of `control`).
+
+
+def _obj(x):
+    """A (block,) row as a per-lane scalar (a 0-d object array)."""
+    out = np.empty((), object)
+    out[()] = x
+    return out
+
+
+def _rows(objs):
+    return [x for o in objs for x in o.reshape(-1)]
+
+
+def _unrows(rows, shapes):
+    out, k = [], 0
+    for s in shapes:
+        size = math.prod(s)
+        o = np.empty((size,), object)
+        for i in range(size):
+            o[i] = rows[k + i]
+        out.append(o.reshape(s))
+        k += size
+    return out
+
+
+def _avals(tree):
+    """Per-lane shapes and dtypes of a tree of object arrays of rows."""
+    def aval(o):
+        first = o.reshape(-1)[0] if o.size else None
+        dt = jnp.float32 if first is None else first.dtype
+        return jax.ShapeDtypeStruct(o.shape, dt)
+
+    return jax.tree.map(aval, tree)
+
+
+def _trace(fn, avals):
+    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*avals)
+    return closed, jax.tree.structure(out_shape)
+
+
+def _call_rows(fn, avals, args, block):
+    closed, tree = _trace(fn, avals)
+    out = _eval_rows(closed.jaxpr, _lift_consts(closed.consts, block), jax.tree.leaves(args),
+                     block)
+    return jax.tree.unflatten(tree, out)
+
+
+def _lift(x, block):
+    x = jnp.asarray(x)
+    out = np.empty(x.shape, object)
+    for idx in np.ndindex(*x.shape):
+        out[idx] = jnp.broadcast_to(x[idx], (block,))
+    return out
+
+
+def _lift_consts(consts, block):
+    return [_lift(c, block) for c in consts]
+
+
+_CALLS = ("jaxpr", "call_jaxpr", "call")
+_REDUCE = {
+    "reduce_sum": jax.lax.add,
+    "reduce_max": jax.lax.max,
+    "reduce_min": jax.lax.min,
+    "reduce_prod": jax.lax.mul,
+    "reduce_and": jax.lax.bitwise_and,
+    "reduce_or": jax.lax.bitwise_or,
+}
+
+
+def _eval_rows(jaxpr, consts, args, block):
+    from jax.extend.core import Literal
+
+    env = {}
+
+    def read(v):
+        if isinstance(v, Literal):
+            return _lift(np.asarray(v.val, v.aval.dtype), block)
+        return env[v]
+
+    for v, x in zip(jaxpr.constvars, consts, strict=True):
+        env[v] = x
+    for v, x in zip(jaxpr.invars, args, strict=True):
+        env[v] = x
+    for eqn in jaxpr.eqns:
+        outs = _apply(eqn, [read(v) for v in eqn.invars], block)
+        for v, o in zip(eqn.outvars, outs, strict=True):
+            env[v] = o
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _sub_jaxpr(params):
+    for key in _CALLS:
+        sub = params.get(key)
+        if sub is not None and hasattr(sub, "jaxpr") and hasattr(sub, "consts"):
+            return sub.jaxpr, list(sub.consts)
+        if sub is not None and hasattr(sub, "eqns"):
+            return sub, []
+    return None
+
+
+def _apply(eqn, ins, block):
+    """One equation of a per-lane jaxpr on object arrays of rows."""
+    name, p = eqn.primitive.name, eqn.params
+    if name in ("stop_gradient", "copy", "copy_p", "optimization_barrier"):
+        return ins
+    if name == "broadcast_in_dim":
+        (a,) = ins
+        shape, dims = p["shape"], p["broadcast_dimensions"]
+        expanded = a.reshape([a.shape[dims.index(d)] if d in dims else 1
+                              for d in range(len(shape))])
+        return [np.broadcast_to(expanded, shape).copy()]
+    if name == "reshape":
+        return [ins[0].reshape(p["new_sizes"])]
+    if name == "squeeze":
+        return [np.squeeze(ins[0], axis=tuple(p["dimensions"]))]
+    if name == "expand_dims":
+        return [np.expand_dims(ins[0], tuple(p["dimensions"]))]
+    if name == "concatenate":
+        return [np.concatenate(ins, axis=p["dimension"])]
+    if name == "stack":
+        return [np.stack(ins, axis=p["axis"])]
+    if name == "split":
+        cuts = np.cumsum(p["sizes"])[:-1]
+        return list(np.split(ins[0], cuts, axis=p["axis"]))
+    if name == "slice":
+        strides = p["strides"] or (1,) * len(p["start_indices"])
+        index = tuple(slice(a, b, c) for a, b, c in
+                      zip(p["start_indices"], p["limit_indices"], strides, strict=True))
+        return [ins[0][index]]
+    if name == "rev":
+        return [np.flip(ins[0], axis=tuple(p["dimensions"])).copy()]
+    if name == "transpose":
+        return [ins[0].transpose(p["permutation"])]
+    if name == "iota":
+        shape, dim = p["shape"], p["dimension"]
+        values = np.broadcast_to(
+            np.arange(shape[dim]).reshape([-1 if d == dim else 1 for d in range(len(shape))]),
+            shape,
+        ).astype(p["dtype"])
+        return [_lift(values, block)]
+    if name in _REDUCE:
+        (a,) = ins
+        axes = tuple(p["axes"])
+        keep = [d for d in range(a.ndim) if d not in axes]
+        moved = np.transpose(a, keep + list(axes))
+        out_shape = moved.shape[: len(keep)]
+        flat = moved.reshape(out_shape + (-1,))
+        out = np.empty(out_shape, object)
+        for idx in np.ndindex(*out_shape):
+            acc = flat[idx][0]
+            for x in flat[idx][1:]:
+                acc = _REDUCE[name](acc, x)
+            out[idx] = acc
+        return [out]
+    if name == "dot_general":
+        (lc, rc), (lb, rb) = p["dimension_numbers"]
+        if lb or rb:
+            raise _unsupported(name)
+        out = np.tensordot(ins[0], ins[1], axes=(tuple(lc), tuple(rc)))
+        out = np.asarray(out, object).reshape(eqn.outvars[0].aval.shape)
+        dt = eqn.outvars[0].aval.dtype
+        return [np.vectorize(lambda x: x.astype(dt), otypes=[object])(out)
+                if out.size else out]
+    if name == "cond":
+        index, *ops = ins
+        branches = [
+            _eval_rows(b.jaxpr, _lift_consts(b.consts, block), ops, block)
+            for b in p["branches"]
+        ]
+        outs = []
+        for k in range(len(eqn.outvars)):
+            shape = eqn.outvars[k].aval.shape
+            out = np.empty(shape, object)
+            for idx in np.ndindex(*shape):
+                out[idx] = jax.lax.select_n(index[()], *[b[k][idx] for b in branches])
+            outs.append(out)
+        return outs
+    sub = _sub_jaxpr(p)
+    if sub is not None:
+        jaxpr, consts = sub
+        return _eval_rows(jaxpr, _lift_consts(consts, block), ins, block)
+    if eqn.primitive.multiple_results or len(eqn.outvars) != 1:
+        raise _unsupported(name)
+    shape = eqn.outvars[0].aval.shape
+    try:
+        ops = [np.broadcast_to(a, shape) for a in ins]
+    except ValueError:
+        raise _unsupported(name) from None
+    if name in ("gather", "dynamic_slice", "dynamic_update_slice", "scatter", "scatter-add",
+                "scatter_add", "while", "scan", "sort", "argmax", "argmin", "cumsum"):
+        raise _unsupported(name)
+    out = np.empty(shape, object)
+    for idx in np.ndindex(*shape):
+        out[idx] = eqn.primitive.bind(*[a[idx] for a in ops], **p)
+    return [out]
+
+
+def _unsupported(name):
+    return ValueError(
+        f"the ensemble kernel runs the vector field lane by lane on rows of lanes and cannot "
+        f"run its primitive {name!r} (indexing by a traced value, loops, sorts); index with "
+        "Python ints and write loops out, or use kernel=False (the vmap path)"
+    )
