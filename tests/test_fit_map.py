@@ -34,11 +34,13 @@ def linear_data():
     return X, d
 
 
-def linear_posterior(**kw):
+def linear_posterior(priors=None, **kw):
     X, d = linear_data()
     base = F.TrajectoryLoss(ramp, TS, d[:, None], n_state=0, y0=jnp.zeros(1), n_params=2,
                             solver=jode.Tsit5())
-    priors = [F.Normal(float(m), float(s)) for m, s in zip(PRIOR_MEAN, PRIOR_STD, strict=True)]
+    if priors is None:
+        priors = [F.Normal(float(m), float(s))
+                  for m, s in zip(PRIOR_MEAN, PRIOR_STD, strict=True)]
     return F.Posterior(base, priors, sigma=SIGMA, **kw), X, d
 
 
@@ -139,6 +141,28 @@ def test_hudson_bay_laplace_intervals(hudson_bay_map):
     assert "80% interval" in lap.summary(result.params, post.names)
 
 
+def test_prior_fn_adds_a_joint_log_prior():
+    """A correlated normal prior through prior_fn: the objective changes by exactly
+    −log N(θ; m, C) (the constant included), and the Laplace covariance becomes
+    (XᵀX/σ² + C⁻¹)⁻¹ (Bishop 2006, eq. 3.50-3.51)."""
+    C = np.array([[1.0, 0.6], [0.6, 0.8]])
+    Ci = np.linalg.inv(C)
+    logdet = float(np.linalg.slogdet(C)[1])
+
+    def log_normal(theta):
+        z = theta - jnp.asarray(PRIOR_MEAN)
+        return -0.5 * z @ jnp.asarray(Ci) @ z - 0.5 * logdet - math.log(2 * math.pi)
+
+    flat, X, d = linear_posterior(priors=F.Flat())
+    joint, _, _ = linear_posterior(priors=F.Flat(), prior_fn=log_normal)
+    u = jnp.asarray([0.9, -0.2])
+    z = np.asarray(u) - PRIOR_MEAN
+    expected = 0.5 * z @ Ci @ z + 0.5 * logdet + math.log(2 * math.pi)
+    np.testing.assert_allclose(float(joint(u)) - float(flat(u)), expected, rtol=1e-10)
+    cov = np.linalg.inv(Ci + X.T @ X / SIGMA**2)
+    np.testing.assert_allclose(F.laplace(joint, u).covariance, cov, rtol=1e-8)
+
+
 def test_posterior_arguments_are_checked():
     base = hudson_bay_posterior().likelihood
     with pytest.raises(ValueError, match="a sequence of 6 \\(one per entry of θ\\)"):
@@ -154,5 +178,7 @@ def test_posterior_arguments_are_checked():
         post.check_theta(jnp.zeros(6))
     with pytest.raises(ValueError, match="starting sigma"):
         post.to_unconstrained([1.0] * 6)
+    with pytest.raises(ValueError, match="prior_fn must be a function"):
+        F.Posterior(base, F.Flat(), prior_fn=3.0)
     with pytest.raises(ValueError, match='method must be "hessian" or "gauss-newton"'):
         F.laplace(post, jnp.zeros(8), method="newton")

@@ -129,6 +129,9 @@ class Posterior(eqx.Module):
         sigma_prior: the prior of each fitted σ_j (default flat in log σ: p(σ) ∝ 1/σ).
         jacobian: include log|∂(θ, σ)/∂u| so the objective is the density of the fitted
             coordinates u (default; the Laplace approximation is then a normal in u).
+        prior_fn: an extra log-prior term, a function θ -> log p(θ) (natural units, up to a
+            constant) added to the per-entry priors: any prior that is not a product of
+            independent ones (e.g. a correlated normal), or a penalty.
 
     The fitted vector is u = [θ in its coordinates…, log σ_1…log σ_d (when fitted)]; use
     `to_unconstrained(θ, σ)` to build a start and `natural(u)` to read an estimate back.
@@ -141,9 +144,10 @@ class Posterior(eqx.Module):
     sigma_prior: object
     jacobian: bool = eqx.field(static=True)
     n_theta: int = eqx.field(static=True)
+    prior_fn: object = eqx.field(static=True)
 
     def __init__(self, loss, priors=None, *, positive=None, sigma=None, sigma_prior=None,
-                 jacobian=True):
+                 jacobian=True, prior_fn=None):
         if not all(hasattr(loss, a) for a in ("predict", "data", "weights", "ts")):
             raise ValueError(
                 "loss must be a jode.fitting.TrajectoryLoss (predictions at the data's times "
@@ -200,6 +204,9 @@ class Posterior(eqx.Module):
             )
         self.sigma_prior = sigma_prior
         self.jacobian = bool(jacobian)
+        if prior_fn is not None and not callable(prior_fn):
+            raise ValueError(f"prior_fn must be a function θ -> log p(θ); got {prior_fn!r}")
+        self.prior_fn = prior_fn
 
     # --- coordinates -------------------------------------------------------------------
     @property
@@ -256,12 +263,15 @@ class Posterior(eqx.Module):
 
     # --- the objective -----------------------------------------------------------------
     def log_prior(self, u):
-        """log p(θ) + log p(σ) + log|∂(θ, σ)/∂u| (the last with `jacobian=True`)."""
+        """log p(θ) + log p(σ) + log|∂(θ, σ)/∂u| (the last with `jacobian=True`), with
+        `prior_fn(θ)` added when given."""
         theta, sigma = self.split_u(u)
         total = jnp.zeros((), u.dtype)
         for k, prior in enumerate(self.priors):
             if prior is not None:
                 total = total + prior.log_prob(theta[k])
+        if self.prior_fn is not None:
+            total = total + jnp.asarray(self.prior_fn(theta), u.dtype)
         if self.n_sigma and self.sigma_prior is not None:
             total = total + jnp.sum(self.sigma_prior.log_prob(sigma))
         if self.jacobian:
