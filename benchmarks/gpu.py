@@ -144,13 +144,13 @@ def measure_rates(dtype, big):
     return bw, rate
 
 
-def make_methods(name, dtype, save_ts):
+def make_methods(name, dtype, save_ts, block=None):
     f, _, t1, _ = PROBLEMS[name]
     ts = jnp.linspace(0.0, t1, N_SAVE, dtype=dtype) if save_ts else None
     kw = dict(solver=jode.Tsit5(), rtol=TOL, atol=TOL, saveat=ts, max_steps=4096, throw=False)
 
     def kernel(y0, p):
-        sol = jode.solve_batch(f, y0, 0.0, t1, p, kernel=True, **kw)
+        sol = jode.solve_batch(f, y0, 0.0, t1, p, kernel=True, block=block, **kw)
         return sol.ys, sol.stats["steps"], sol.status
 
     def vmap(y0, p):
@@ -173,12 +173,12 @@ def make_methods(name, dtype, save_ts):
     return {"kernel": jax.jit(kernel), "vmap": jax.jit(vmap), "diffrax": jax.jit(dfx)}
 
 
-def run_case(name, dtype, save_ts, b, rates, run_kernel, repeats):
+def run_case(name, dtype, save_ts, b, rates, run_kernel, repeats, block=None):
     f, y0_1, t1, params = PROBLEMS[name]
     rng = np.random.default_rng(0)
     p = jnp.asarray(params(b, rng), dtype)
     y0 = jnp.asarray(np.broadcast_to(y0_1, (b, y0_1.size)), dtype)
-    methods = make_methods(name, dtype, save_ts)
+    methods = make_methods(name, dtype, save_ts, block)
     if not run_kernel:
         methods.pop("kernel")
     outs, compile_s, failed = {}, {}, {}
@@ -259,6 +259,8 @@ def main():
     parser.add_argument("--budget", type=float, default=240.0, help="seconds for all cases")
     parser.add_argument("--cpu-kernel-max", type=int, default=64,
                         help="on CPU, run the interpret-mode kernel up to this many lanes")
+    parser.add_argument("--block", type=int, default=None,
+                        help="kernel lanes per program (default: the kernel's, 128)")
     ns = parser.parse_args()
     backend = jax.default_backend()
     on_accel = backend in ("gpu", "cuda", "rocm", "tpu")
@@ -295,7 +297,7 @@ def main():
             rates[dtype] = measure_rates(dtype, big=on_accel)
         run_kernel = on_accel or b <= ns.cpu_kernel_max
         repeats = 3 if b >= 100_000 else 5
-        r = run_case(name, dtype, save_ts, b, rates[dtype], run_kernel, repeats)
+        r = run_case(name, dtype, save_ts, b, rates[dtype], run_kernel, repeats, ns.block)
         print(fmt_row(name, dtype, save_ts, b, r), flush=True)
     for dtype, (bw, rate) in rates.items():
         print(f"\n{jnp.dtype(dtype).name}: copy bandwidth {bw / 1e9:.3g} GB/s, matmul rate "
