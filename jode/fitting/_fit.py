@@ -145,7 +145,15 @@ def _progress(total, enabled, desc):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+    # smoothing=0: the rate is (n - initial) / (now - start_t), which `_exclude_from_rate`
+    # corrects for the compiling chunks.
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, smoothing=0)
+
+
+def _exclude_from_rate(bar, seconds: float, steps: int) -> None:
+    """Leave a chunk that compiled (a phase's first) out of the bar's rate and ETA."""
+    bar.start_t += seconds
+    bar.initial += steps
 
 
 def _compiled(stage, chunk: int, batched: bool):
@@ -276,6 +284,7 @@ def fit(
         phase_ends = list(np.cumsum([len(h) for h in history[:first_phase]]))
     for k in range(first_phase, len(phases)):
         phase = phases[k]
+        phase_start = time.perf_counter()
         init_fn, chunk_fn = compiled(phase)
         aux = jnp.asarray(phase.t_end, jnp.result_type(float))
         if k == first_phase and resumed_state is not None:
@@ -286,6 +295,7 @@ def fit(
             hist = []
         if bar is not None:
             bar.set_description(f"fit [{phase.label}, {type(phase.stage).__name__}]")
+        first_chunk = True  # compiles this phase's programs (with init_fn above)
         while True:
             steps_before = int(np.max(np.asarray(state.step)))
             if np.all(np.asarray(state.status) != FitStatus.RUNNING):
@@ -297,6 +307,9 @@ def fit(
             hist.extend(list(values.T[:taken] if batched else values[:taken]))
             if bar is not None:
                 bar.update(taken)
+                if first_chunk:
+                    _exclude_from_rate(bar, time.perf_counter() - phase_start, taken)
+                first_chunk = False
                 best = float(np.nanmin(np.asarray(state.value)))
                 bar.set_postfix(loss=f"{best:.4g}", step=steps_now)
             if checkpoint is not None:
