@@ -112,7 +112,9 @@ def _progress(total, desc, enabled):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, leave=False)
+    # smoothing=0: the rate is (n - initial) / (now - start_t); `_run_stage` moves both past
+    # the first (compiling) chunk, so the ETA is the compiled chunks' rate.
+    return tqdm(total=total, desc=desc, leave=False, smoothing=0)
 
 
 def _strong(tree):
@@ -223,12 +225,16 @@ def _lm_chunk(theta, lam, nu, xs, template, static, problem, weight, chunk):
 def _run_stage(name, steps, chunk, step_fn, loss_fn, tol, progress, stall_stop):
     bar = _progress(steps, name, progress)
     done, best = 0, np.inf
+    start = time.perf_counter()
     while done < steps:
         step_fn()
         done += chunk
         value = loss_fn()
         if bar is not None:
             bar.update(chunk)
+            if done == chunk:  # the first chunk compiled: leave it out of the rate and ETA
+                bar.start_t += time.perf_counter() - start
+                bar.initial += chunk
             bar.set_postfix(loss=f"{value:.2e}")
         if value <= tol or not np.isfinite(value) or (stall_stop and value >= best):
             break
