@@ -9,6 +9,7 @@ parameter's posterior mean with the 10% and 90% posterior quantiles.
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -65,20 +66,23 @@ def test_laplace_covariance_of_a_linear_gaussian_model_is_the_exact_posterior(me
     np.testing.assert_allclose(lo, 2 * mean - hi, rtol=1e-12)
 
 
-def test_map_of_a_linear_gaussian_model_is_the_posterior_mean():
+def test_objective_of_a_linear_gaussian_model_is_stationary_at_the_posterior_mean():
     post, X, d = linear_posterior()
-    mean, cov = closed_form(X, d)
-    result = F.fit(post, jnp.zeros(2), stages=(F.LBFGS(steps=100),), progress=False)
-    assert result.status == F.FitStatus.CONVERGED
-    np.testing.assert_allclose(result.params, mean, rtol=1e-7, atol=1e-9)
-    # fit's uncertainty on a posterior is its Laplace covariance
-    np.testing.assert_allclose(result.covariance, cov, rtol=1e-6)
+    mean, _ = closed_form(X, d)
+    def objective(u):  # forward-mode derivatives through the solve (cheap to compile)
+        return post.negative_log_likelihood(u, adjoint=jode.ForwardMode()) - post.log_prior(u)
+
+    value = post(jnp.asarray(mean))
+    grad = jax.jacfwd(objective)(jnp.asarray(mean))
+    # the gradient of −log p vanishes at the closed-form mean: the MAP
+    scale = np.abs(X.T @ (X @ mean - d)).max() / SIGMA**2
+    np.testing.assert_array_less(np.abs(np.asarray(grad)), 1e-9 * scale)
     # the objective is −log p(y, θ) with every normalizing constant
     r = X @ mean - d
     z = (mean - PRIOR_MEAN) / PRIOR_STD
     exact = (np.sum(0.5 * (r / SIGMA) ** 2 + math.log(SIGMA)) + np.sum(0.5 * z**2)
              + np.sum(np.log(PRIOR_STD)) + (TS.size + 2) * 0.5 * math.log(2 * math.pi))
-    np.testing.assert_allclose(result.loss, exact, rtol=1e-9)
+    np.testing.assert_allclose(float(value), exact, rtol=1e-10)
 
 
 # --- the Hudson's Bay lynx and hares (Carpenter 2018) ----------------------------------------
