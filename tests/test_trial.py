@@ -4,6 +4,8 @@ solutions, and bad input. The paper's problems and baselines (the reproduction) 
 tests/experiments/test_trial_problems.py.
 """
 
+import warnings
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -12,10 +14,11 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
+import jode
 from jode import trial
 from jode.trial import Boundary, Dirichlet, InitialValue, Neumann, Problem
 from jode.trial.conditions import DIRICHLET
-from jode.trial.train import _check_points
+from jode.trial.train import PLATEAU_RATIO, _check_points
 
 PI = np.pi
 
@@ -302,3 +305,147 @@ def test_bad_points_on_a_rectangle():
         trial.train(problem, points=np.zeros((0, 2)), progress=False)
     # The domain's own corners and edges are valid points (checked without training).
     assert _check_points(problem, jnp.array([[0.0, 0.0], [1.0, 1.0], [0.5, 1.0]])) is None
+
+
+# --- the off-grid check, warnings, restarts, and checks of the problem's order ------------
+def laplace_problem():
+    """∇²ψ = 0 on the unit square, ψ(x, 1) = sin πx, 0 on the other edges; exact
+    ψ = sin πx sinh πy / sinh π."""
+    edges = Boundary(left=Dirichlet(0.0), right=Dirichlet(0.0), bottom=Dirichlet(0.0),
+                     top=Dirichlet(lambda x: jnp.sin(PI * x)))
+    return Problem(lambda x, p, d1, d2: jnp.trace(d2), edges, ((0.0, 1.0), (0.0, 1.0)))
+
+
+def laplace_exact(x):
+    return jnp.sin(PI * x[..., 0]) * jnp.sinh(PI * x[..., 1]) / np.sinh(PI)
+
+
+# A small network and few steps (a plateau).
+LAPLACE_KW = dict(hidden=2, points=6, adam_steps=100, lbfgs_steps=0, lm_steps=200,
+                  progress=False)
+
+
+def test_off_grid_check_against_the_exact_laplace_solution():
+    """`validation_error` is max |ψ_t − ψ_exact| over the validation points against the
+    closed form, `validation_residual` the RMS of ∇²ψ_t there; with 2 hidden units the fit
+    plateaus far above zero and the plateau warning fires."""
+    rng = np.random.default_rng(0)
+    xv = rng.uniform(0.0, 1.0, (50, 2))
+    with pytest.warns(trial.TrialWarning, match="local minimum|step budget"):
+        sol, rep = trial.train(laplace_problem(), jr.key(0), validation=xv, exact=laplace_exact,
+                               **LAPLACE_KW)
+    err = np.max(np.abs(np.asarray(sol.evaluate(xv)) - np.asarray(laplace_exact(xv))))
+    lap = jax.vmap(lambda x: jnp.trace(jax.hessian(sol)(x)))(jnp.asarray(xv))
+    assert rep.validation_error == pytest.approx(err, rel=1e-12)
+    assert rep.validation_residual == pytest.approx(float(jnp.sqrt(jnp.mean(lap**2))), rel=1e-9)
+    assert rep.n_validation == 50 and rep.n_params == 8
+    # Plateaued: the residual stays a sizeable fraction of the start, the error is visible.
+    assert rep.train_residual > PLATEAU_RATIO * rep.start_residual
+    assert rep.warnings and err > 1e-3
+    assert rep.status in (jode.RESULTS.CONVERGED, jode.RESULTS.MAX_STEPS)
+
+
+# Problem 2 with 10 units (30 weights) on 10 points, reduced steps: shared by the tests below.
+OVERFIT_KW = dict(hidden=10, points=10, adam_steps=300, lbfgs_steps=50, lm_steps=2000,
+                  progress=False, exact=ode2_exact)
+
+
+def _caught(fn):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = fn()
+    return out, [str(w.message) for w in caught if issubclass(w.category, trial.TrialWarning)]
+
+
+def test_overfitting_the_points_is_seen_off_grid():
+    """Problem 2 on 10 points with 30 weights: the network interpolates the points (loss at
+    rounding level) while its error against the closed form stays ~1e-6; the residual
+    between the points shows it and the over-fitting warning fires on each seed that
+    interpolated. The default grid (twice as many points as weights) is 10x more accurate
+    than any of them."""
+    problem = ode2_problem()
+    fired, interpolated, errors = 0, 0, []
+    for seed in range(3):
+        (sol, rep), msgs = _caught(lambda s=seed: trial.train(problem, jr.key(s), **OVERFIT_KW))
+        errors.append(fine_grid_error(sol, ode2_exact, n=2001))
+        # The off-grid error is the error on 256 random points, below the dense-grid maximum.
+        assert 0.3 * errors[-1] < rep.validation_error <= errors[-1] * (1 + 1e-9)
+        if rep.loss < 1e-20:
+            interpolated += 1
+            fired += any("between the collocation points" in m for m in msgs)
+            assert rep.residual_ratio > 1e3
+    assert interpolated >= 2, f"{interpolated} of 3 seeds interpolated the points"
+    assert fired == interpolated, f"the warning fired on {fired} of {interpolated} seeds"
+    assert trial.default_points(problem, 30) == 60
+    kw = dict(OVERFIT_KW, points=None)
+    (sol, rep), msgs = _caught(lambda: trial.train(problem, jr.key(0), **kw))
+    assert rep.n_points == 60 and not any("between the collocation points" in m for m in msgs)
+    assert rep.residual_ratio < 10
+    err = fine_grid_error(sol, ode2_exact, n=2001)
+    assert err < 1e-6 and 10 * err < min(errors), (err, errors)
+
+
+def test_restarts_keep_the_best_start():
+    """restarts=3: the kept solution is the start with the smallest validation residual
+    (recomputed from the returned solution), and start i is reproducible alone from
+    jr.fold_in(key, i)."""
+    problem, key = ode2_problem(), jr.key(5)
+    xv = np.random.default_rng(1).uniform(0.0, 2.0, 256)
+    (sol, rep), _ = _caught(lambda: trial.train(problem, key, restarts=3, validation=xv,
+                                                **OVERFIT_KW))
+    assert rep.restarts == 3 and len(rep.restart_residuals) == 3
+    assert len(set(rep.restart_residuals)) == 3  # three different starts
+    assert rep.validation_residual == min(rep.restart_residuals)
+    assert rep.best_restart == int(np.argmin(rep.restart_residuals))
+    r = jax.vmap(sol.residual)(jnp.asarray(xv))
+    assert float(jnp.sqrt(jnp.mean(r**2))) == pytest.approx(rep.validation_residual, rel=1e-6)
+    i = rep.best_restart
+    alone_key = key if i == 0 else jr.fold_in(key, i)
+    (_, alone), _ = _caught(lambda: trial.train(problem, alone_key, validation=xv,
+                                                **OVERFIT_KW))
+    assert alone.validation_residual == pytest.approx(rep.validation_residual, rel=1e-9)
+    with pytest.raises(ValueError, match="restarts must be an int >= 1"):
+        trial.train(problem, restarts=0, progress=False)
+    with pytest.raises(ValueError, match="leave network=None"):
+        trial.train(problem, restarts=2, network=sol.network, progress=False)
+
+
+def test_underdetermined_and_wrong_arity_are_named_errors():
+    ode2nd = lambda x, p, dp, d2p: d2p + p  # noqa: E731
+    with pytest.raises(ValueError, match="under-determined.*slope="):
+        Problem(ode2nd, InitialValue(0.0, 1.0), (0.0, 1.0))
+    with pytest.raises(ValueError, match="under-determined"):
+        Problem(lambda x, *d: d[-1], InitialValue(0.0, 1.0), (0.0, 1.0), order=2)
+    with pytest.raises(ValueError, match="over-determined"):
+        Problem(lambda x, p, dp: dp, Boundary(Dirichlet(0.0), Dirichlet(1.0)), (0.0, 1.0),
+                order=1)
+    # A Laplace residual without the gradient argument: the expected signature is named.
+    with pytest.raises(ValueError, match=r"\(x, psi, d1, d2\)"):
+        Problem(lambda x, p, d2p: jnp.trace(d2p), DIRICHLET_SQUARE, ((0.0, 1.0), (0.0, 1.0)))
+    with pytest.raises(ValueError, match=r"\(x, psi, d1\)"):
+        Problem(lambda x, p: p, InitialValue(0.0, 1.0), (0.0, 1.0))
+    with pytest.raises(ValueError, match=r"\(x, psi, d1, d2\)"):
+        Problem(lambda x, p, dp: dp, Boundary(Dirichlet(0.0), Dirichlet(1.0)), (0.0, 1.0))
+    # Signatures that fit: defaults, *args, and a well-posed second-order problem.
+    Problem(lambda x, p, dp, d2p=None: dp, InitialValue(0.0, 1.0), (0.0, 1.0))
+    Problem(ode2nd, InitialValue(0.0, 1.0, slope=0.0), (0.0, 1.0))
+    Problem(lambda x, *d: d[0], DIRICHLET_SQUARE, ((0.0, 1.0), (0.0, 1.0)))
+
+
+def test_levenberg_marquardt_stall_rule():
+    """One flat chunk (λ growing after rejected steps) does not end the stage; LM_PATIENCE
+    chunks that together improve the loss by less than LM_RTOL do."""
+    from jode.trial.train import LM_PATIENCE, _run_stage
+
+    def run(values):
+        it = iter(values)
+        box = {}
+        done, status = _run_stage("lm", 100 * len(values), 100, lambda: box.update(v=next(it)),
+                                  lambda: box["v"], 0.0, False, True)
+        return done // 100, status
+
+    # Flat, then progress again: runs to the budget.
+    assert run([1.0, 1.0, 0.5, 0.5, 0.2, 0.1]) == (6, jode.RESULTS.MAX_STEPS)
+    flat = [1.0, 0.5] + [0.5 * (1 - 1e-5) ** k for k in range(1, 10)]
+    assert run(flat) == (2 + LM_PATIENCE, jode.RESULTS.CONVERGED)
+    assert run([1.0, float("nan"), 0.1]) == (2, jode.RESULTS.NONFINITE)

@@ -15,6 +15,8 @@ from .problem import Problem as Problem
 from .problem import TrialSolution as TrialSolution
 from .problem import sigmoid_mlp as sigmoid_mlp
 from .train import TrainReport as TrainReport
+from .train import TrialWarning as TrialWarning
+from .train import default_points as default_points
 from .train import grid_points as grid_points
 from .train import random_points as random_points
 from .train import train as train

@@ -7,6 +7,7 @@ one dimension, `jax.jacfwd`/`jax.hessian` in two), never by finite differences.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import equinox as eqx
@@ -33,8 +34,13 @@ class Problem(eqx.Module):
             value problems and 2 otherwise.
 
     Raises:
-        ValueError: for b <= a, conditions that do not fit the domain, or an order the
-            conditions cannot serve.
+        ValueError: for b <= a; conditions that do not fit the domain; an order the
+            conditions cannot serve: in one dimension a trial function fixes as many
+            conditions as the equation's order needs, so a second-order residual with one
+            initial condition (`InitialValue(x0, value)` without `slope`) is
+            under-determined and a first-order one with two boundary conditions
+            over-determined; or a residual whose signature does not take
+            `(x, psi, d1, ..., d_order)` (checked with `inspect.signature`, before tracing).
 
     Example (the paper's Problem 2):
         >>> Problem(lambda x, p, dp: dp + p / 5 - jnp.exp(-x / 5) * jnp.cos(x),
@@ -57,11 +63,13 @@ class Problem(eqx.Module):
             )
         lower, upper = _parse_domain(domain)
         conditions.check(lower, upper)
+        explicit = order is not None
         order = conditions.order if order is None else int(order)
         if order < 1:
             raise ValueError(f"order must be >= 1; got order={order}")
         if len(lower) == 2 and order > 2:
             raise ValueError(f"order must be <= 2 on rectangles; got order={order}")
+        _check_order(residual, conditions, len(lower), order, explicit)
         self.residual = residual
         self.conditions = conditions
         self.lower = lower
@@ -71,6 +79,67 @@ class Problem(eqx.Module):
     @property
     def dim(self) -> int:
         return len(self.lower)
+
+
+def _signature_text(order: int) -> str:
+    return "(x, psi, " + ", ".join(f"d{k}" for k in range(1, order + 1)) + ")"
+
+
+def _takes(residual, n: int):
+    """Whether `residual` accepts n positional arguments; None when it has no signature."""
+    try:
+        sig = inspect.signature(residual)
+    except (TypeError, ValueError):  # builtins and some C callables
+        return None
+    try:
+        sig.bind(*range(n))
+    except TypeError:
+        return False
+    return True
+
+
+def _check_order(residual, conditions, dim, order, explicit):
+    """The equation's order against the conditions (1-D) and the residual's arity.
+
+    A 1-D trial function (Lagaris et al. 1998, eqs. 11, 13, 15) builds in exactly
+    `conditions.order` conditions; an equation of another order is under- or over-determined.
+    """
+    cond_name = type(conditions).__name__
+    fits = _takes(residual, order + 2)
+    # The order the residual's own arity suggests, when it does not take order + 2 arguments.
+    wants = None
+    if fits is False:
+        wants = next((k for k in range(1, 5) if _takes(residual, k + 2)), None)
+    if dim == 1:
+        need = order if explicit or wants is None else wants
+        if isinstance(conditions, InitialValue) and need > conditions.order:
+            raise ValueError(
+                f"under-determined problem: the equation is of order {need} (residual "
+                f"{_signature_text(need)}) but InitialValue gives {conditions.order} "
+                "condition(s); a second-order equation needs psi(x0) and psi'(x0): pass "
+                "InitialValue(x0, value, slope=...), or Boundary(left=..., right=...) for a "
+                "boundary value problem"
+            )
+        if explicit and order != conditions.order:
+            kind = "under" if order > conditions.order else "over"
+            fix = ("drop slope: a first-order equation takes psi(x0) only"
+                   if isinstance(conditions, InitialValue)
+                   else "use InitialValue(x0, value) for a first-order equation")
+            raise ValueError(
+                f"{kind}-determined problem: order={order} but {cond_name} gives "
+                f"{conditions.order} condition(s), which fix an equation of order "
+                f"{conditions.order}; {fix}"
+            )
+    if fits is False:
+        hint = ""
+        if wants is not None and (dim == 2 or wants == conditions.order):
+            hint = (f"; it takes {wants + 2} arguments, as an order-{wants} residual does: "
+                    f"pass order={wants} to Problem if that is meant")
+        raise ValueError(
+            f"residual must take {order + 2} arguments {_signature_text(order)} for this "
+            f"order-{order} problem with {cond_name} conditions (d1 = psi', d2 = psi'' in "
+            f"1-D; the gradient and the Hessian on rectangles){hint}"
+        )
 
 
 def _parse_domain(domain):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 
 import equinox as eqx
 import jax
@@ -30,6 +31,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from .._results import RESULTS
 from .problem import Problem, TrialSolution, sigmoid_mlp
 
 
@@ -85,11 +87,44 @@ def _domain_text(problem: Problem) -> str:
 
 #: Starting damping λ of the Levenberg-Marquardt stage.
 LM_DAMPING = 1e-3
+#: The Levenberg-Marquardt stage stops once the loss has fallen by less than this fraction
+#: over the last `LM_PATIENCE` chunks (a stall: a local minimum or the rounding floor).
+LM_RTOL = 1e-3
+LM_PATIENCE = 3
+#: Warn of a plateau when the training residual (RMS) is still above this fraction of the
+#: starting network's: a converged fit reaches 1e-6 of it and far below (see `train`).
+PLATEAU_RATIO = 1e-3
+#: Warn of over-fitting when the residual between the collocation points (RMS over the
+#: validation points) exceeds the one on them by this factor, and is above
+#: `OVERFIT_FLOOR` of the starting residual.
+OVERFIT_RATIO = 100.0
+OVERFIT_FLOOR = 1e-8
+#: Random validation points by default (not on the training grid; the same for every
+#: restart, so restarts are compared on one set).
+VALIDATION_POINTS = 256
+
+
+class TrialWarning(UserWarning):
+    """A trained trial solution that is probably not the solution: see the message."""
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainReport:
-    """What training did: losses after each stage, iterations, times (seconds)."""
+    """What training did: losses after each stage, iterations, times (seconds), and the
+    check of the result away from the collocation points.
+
+    Residuals are root-mean-square values of G (times `weight`, if one was given):
+    `start_residual` of the starting network and `train_residual` of the trained one on the
+    collocation points, `validation_residual` on `n_validation` points not used in training
+    (uniform random ones by default), `residual_ratio` = validation / train (≫ 1: the network
+    fits the points but not the equation between them). `validation_error` is
+    max |ψ_t − ψ_exact| over the validation points when `exact` was given (NaN otherwise).
+    `status` is `jode.RESULTS.CONVERGED` (the loss met `tol`, or the last stage stalled),
+    `MAX_STEPS` (the step budget ran out while the loss still fell) or `NONFINITE`.
+    `warnings` repeats the `TrialWarning`s issued (plateau, over-fitting). With `restarts`,
+    `restart_residuals` holds each start's validation residual and `best_restart` the one
+    kept (start i uses `jr.fold_in(key, i)`, start 0 the key itself).
+    """
 
     loss: float
     max_residual: float
@@ -102,6 +137,17 @@ class TrainReport:
     n_points: int
     time_s: float
     lm_damping: float = float("nan")  # λ at the end of the Levenberg-Marquardt stage
+    start_residual: float = float("nan")
+    train_residual: float = float("nan")
+    validation_residual: float = float("nan")
+    residual_ratio: float = float("nan")
+    validation_error: float = float("nan")
+    n_validation: int = 0
+    status: int = int(RESULTS.RUNNING)
+    warnings: tuple = ()
+    restarts: int = 1
+    best_restart: int = 0
+    restart_residuals: tuple = ()
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -223,25 +269,200 @@ def _lm_chunk(theta, lam, nu, xs, template, static, problem, weight, chunk):
 
 
 def _run_stage(name, steps, chunk, step_fn, loss_fn, tol, progress, stall_stop):
+    """Run a stage in chunks; returns (steps done, RESULTS member).
+
+    With `stall_stop`, stop once the best loss of the last `LM_PATIENCE` chunks is not
+    `LM_RTOL` (relatively) below the best before them: one flat chunk (λ growing after
+    rejected steps) does not end the stage, a run of them does.
+    """
     bar = _progress(steps, name, progress)
-    done, best = 0, np.inf
+    done, history = 0, []
+    status = RESULTS.MAX_STEPS if steps > 0 else RESULTS.SUCCESS
     start = time.perf_counter()
     while done < steps:
         step_fn()
         done += chunk
         value = loss_fn()
+        history.append(value)
         if bar is not None:
             bar.update(chunk)
             if done == chunk:  # the first chunk compiled: leave it out of the rate and ETA
                 bar.start_t += time.perf_counter() - start
                 bar.initial += chunk
             bar.set_postfix(loss=f"{value:.2e}")
-        if value <= tol or not np.isfinite(value) or (stall_stop and value >= best):
+        if not np.isfinite(value):
+            status = RESULTS.NONFINITE
             break
-        best = min(best, value)
+        if value <= tol:
+            status = RESULTS.CONVERGED
+            break
+        if stall_stop and len(history) > LM_PATIENCE:
+            before = min(history[:-LM_PATIENCE])
+            if min(history[-LM_PATIENCE:]) > (1 - LM_RTOL) * before:
+                status = RESULTS.CONVERGED
+                break
     if bar is not None:
         bar.close()
-    return done
+    return done, status
+
+
+def default_points(problem: Problem, n_params: int) -> int:
+    """Points per coordinate of the default grid: the smallest n whose grid holds at least
+    twice as many points as the network has weights (at least 10, the paper's number), so
+    the fit cannot interpolate the points (see `train`)."""
+    n = 10
+    while n**problem.dim < 2 * n_params:
+        n += 1
+    return n
+
+
+def _validation_points(problem, validation, key, dtype):
+    if validation is None:
+        return None
+    if isinstance(validation, int | np.integer):
+        if validation < 0:
+            raise ValueError(
+                f"validation must be >= 0 (a number of random points), an array of points, or "
+                f"None; got validation={validation}"
+            )
+        if validation == 0:
+            return None
+        return random_points(problem, key, int(validation), dtype)
+    xv = jnp.asarray(validation, dtype)
+    want = (xv.shape[0],) if problem.dim == 1 else (xv.shape[0], 2)
+    if xv.ndim == 0 or xv.shape != want:
+        raise ValueError(
+            "validation points must have shape (n,) for 1-D problems or (n, 2) on rectangles; "
+            f"got {xv.shape}"
+        )
+    _check_points(problem, xv)
+    return xv
+
+
+def _rms(r):
+    return float(jnp.sqrt(jnp.mean(r**2)))
+
+
+def _fit(problem, network, xs, k_pts, weight, *, adam_steps, learning_rate, resample,
+         lbfgs_steps, lm_steps, tol, chunk, progress, lm_damping):
+    """One training run (Adam, L-BFGS, Levenberg-Marquardt) from `network`."""
+    params, static = eqx.partition(network, eqx.is_inexact_array)
+    theta, unravel = ravel_pytree(params)
+    args = (xs, params, static, problem, weight)
+
+    def loss_now():
+        return float(_loss_jit(box["theta"], *args))
+
+    box = {"theta": theta}
+    start_residual = _rms(_residuals_jit(theta, *args))
+    start = time.perf_counter()
+
+    # Stage 1: Adam.
+    chunk_a = min(chunk, max(adam_steps, 1))
+    adam_state = _strong(_adam(learning_rate, adam_steps).init(theta))
+    carry = {"state": adam_state, "key": k_pts}
+
+    def adam_step():
+        box["theta"], carry["state"], carry["key"], _ = _adam_chunk(
+            box["theta"], carry["state"], carry["key"], xs, params, static, problem, weight,
+            learning_rate, adam_steps, resample, chunk_a)
+
+    n_adam, status = _run_stage("adam", adam_steps, chunk_a, adam_step, loss_now, -1.0,
+                                progress, False)
+    loss_adam = loss_now()
+
+    # Stage 2: L-BFGS.
+    n_lbfgs = 0
+    if np.isfinite(loss_adam):
+        chunk_l = min(chunk, max(lbfgs_steps, 1))
+        carry["lbfgs"] = _strong(optax.lbfgs().init(box["theta"]))
+
+        def lbfgs_step():
+            box["theta"], carry["lbfgs"] = _lbfgs_chunk(box["theta"], carry["lbfgs"], *args,
+                                                        chunk_l)
+
+        n_lbfgs, st = _run_stage("l-bfgs", lbfgs_steps, chunk_l, lbfgs_step, loss_now, tol,
+                                 progress, False)
+        status = st if lbfgs_steps > 0 else status
+    loss_lbfgs = loss_now()
+    if loss_lbfgs <= tol:
+        status = RESULTS.CONVERGED
+
+    # Stage 3: Levenberg-Marquardt.
+    n_lm = 0
+    if lm_steps > 0 and loss_lbfgs > tol and np.isfinite(loss_lbfgs):
+        chunk_m = min(chunk, lm_steps)
+        dtype_t = theta.dtype
+        carry["lm"] = (jnp.asarray(lm_damping, dtype_t), jnp.asarray(2.0, dtype_t))
+
+        def lm_step():
+            box["theta"], lam, nu = _lm_chunk(box["theta"], *carry["lm"], *args, chunk_m)
+            carry["lm"] = (lam, nu)
+
+        n_lm, status = _run_stage("levenberg-marquardt", lm_steps, chunk_m, lm_step, loss_now,
+                                  tol, progress, True)
+    if not np.isfinite(loss_adam) or not np.isfinite(loss_lbfgs):
+        status = RESULTS.NONFINITE
+    if status == RESULTS.SUCCESS:  # no step at all
+        status = RESULTS.MAX_STEPS
+    theta = box["theta"]
+    r = _residuals_jit(theta, *args)
+    out = dict(
+        loss=float(jnp.mean(r**2)),
+        max_residual=float(jnp.max(jnp.abs(r))),
+        loss_after_adam=loss_adam,
+        loss_after_lbfgs=loss_lbfgs,
+        adam_steps=n_adam,
+        lbfgs_steps=n_lbfgs,
+        lm_steps=n_lm,
+        n_params=int(theta.size),
+        n_points=int(xs.shape[0]),
+        time_s=time.perf_counter() - start,
+        lm_damping=float(carry["lm"][0]) if "lm" in carry else float("nan"),
+        start_residual=start_residual,
+        train_residual=_rms(r),
+        status=RESULTS(int(status)),
+    )
+    return TrialSolution(eqx.combine(unravel(theta), static), problem), theta, out
+
+
+def _check_of(solution, theta, xv, exact, weight):
+    """(validation residual, validation error) of a trained solution."""
+    if xv is None:
+        return float("nan"), float("nan")
+    params, static = eqx.partition(solution.network, eqx.is_inexact_array)
+    r = _residuals_jit(theta, xv, params, static, solution.problem, weight)
+    err = float("nan")
+    if exact is not None:
+        got = solution.evaluate(xv)
+        want = jax.vmap(exact)(xv)
+        err = float(jnp.max(jnp.abs(got - want)))
+    return _rms(r), err
+
+
+def _warnings_of(out, n_points_arg):
+    msgs = []
+    start, tr, val = out["start_residual"], out["train_residual"], out["validation_residual"]
+    if np.isfinite(tr) and tr > PLATEAU_RATIO * start:
+        how = ("the last stage stalled: a local minimum" if out["status"] == RESULTS.CONVERGED
+               else "the step budget ran out first")
+        msgs.append(
+            f"the training residual (RMS {tr:.1e}) is still {tr / start:.1e} of the starting "
+            f"network's ({start:.1e}); {how}. A trial solution's error follows its residual: "
+            "use more hidden units (hidden=20 or more), restarts=k (keeps the best of k "
+            "starts), or more steps"
+        )
+    if np.isfinite(val) and val > OVERFIT_RATIO * tr and val > OVERFIT_FLOOR * start:
+        pts = ("pass more points (points=None picks a grid with twice as many points as "
+               "weights)" if n_points_arg is not None else "pass more points")
+        msgs.append(
+            f"the residual between the collocation points (RMS {val:.1e} on "
+            f"{out['n_validation']} validation points) is {val / max(tr, 1e-300):.1e} times "
+            f"the one on them ({tr:.1e}): the network fits the {out['n_points']} points, not "
+            f"the equation between them ({out['n_params']} weights). {pts}, or fewer hidden "
+            "units"
+        )
+    return tuple(msgs)
 
 
 def train(
@@ -251,7 +472,7 @@ def train(
     hidden: int = 10,
     depth: int = 1,
     init_scale: float = 2.0,
-    points=10,
+    points=None,
     adam_steps: int = 1000,
     learning_rate: float = 1e-2,
     resample: bool = False,
@@ -263,6 +484,9 @@ def train(
     network=None,
     weight=None,
     lm_damping: float = LM_DAMPING,
+    restarts: int = 1,
+    validation=VALIDATION_POINTS,
+    exact=None,
 ):
     """Train the network of a trial solution on the residual at collocation points.
 
@@ -271,13 +495,16 @@ def train(
         key: PRNG key for the network's start (and random points); default `jr.key(0)`.
         hidden, depth: hidden units per layer and layers (the paper: 10 and 1).
         init_scale: spread of the first layer's slopes at the start (inputs lie in [−1, 1]).
-        points: an int n (an equidistant grid of n points per coordinate, ends included:
-            the paper's 10 and 10x10) or an array of points ((n,) in 1-D, (n, 2) in 2-D).
+        points: an int n (an equidistant grid of n points per coordinate, ends included),
+            an array of points ((n,) in 1-D, (n, 2) in 2-D), or None (default): the
+            smallest grid, of at least 10 per coordinate, with at least twice as many points
+            as the network has weights (`default_points`).
         adam_steps, learning_rate: the Adam stage.
         resample: draw fresh uniform random points at every Adam step (as many as given);
             the L-BFGS and Levenberg-Marquardt stages always use the fixed `points`.
         lbfgs_steps: the L-BFGS stage.
-        lm_steps: the Levenberg-Marquardt stage (0 leaves it out).
+        lm_steps: the Levenberg-Marquardt stage (0 leaves it out). It stops early once the
+            loss has fallen by less than a fraction `LM_RTOL` over `LM_PATIENCE` chunks.
         tol: stop a stage once the mean squared residual falls below it.
         chunk: steps per compiled chunk (progress and stopping are checked between chunks).
         progress: show tqdm bars.
@@ -291,18 +518,70 @@ def train(
             point (a scalar in 1-D, shape (2,) in 2-D); `report` losses are weighted.
         lm_damping: the Levenberg-Marquardt stage's starting damping λ; pass a previous
             report's `lm_damping` with its `network` to continue a stage where it stopped.
+        restarts: train from this many random starts (`jr.fold_in(key, i)`, start 0 from
+            `key` itself) and keep the one with the smallest validation residual.
+        validation: the off-grid check: a number of uniform random points (default 256),
+            an array of points, or None/0 to skip it.
+        exact: optional exact solution ψ(x) of one point (ψ's shape); the report then gives
+            `validation_error` = max |ψ_t − ψ| over the validation points.
 
     Returns:
         (solution, report): the trained `TrialSolution` (callable) and a `TrainReport`.
 
+    Warns:
+        TrialWarning: when the training residual stays above `PLATEAU_RATIO` of the
+            starting network's (a local minimum, or too few steps), or when the residual on
+            the validation points exceeds `OVERFIT_RATIO` times the one on the collocation
+            points (the network interpolates the points: too few points for its weights).
+
     Raises:
-        ValueError: for bad points (empty, NaN, outside the domain, wrong shape) or a
-            residual returning the wrong shape.
+        ValueError: for bad points (empty, NaN, outside the domain, wrong shape), a residual
+            returning the wrong shape, an `exact` of the wrong shape, or restarts < 1.
+
+    Choosing the network and the points (Lagaris et al. 1998 used 10 sigmoid units and 10
+    points, 10x10 on the square). The training loss alone can mislead in both directions:
+
+    - a network with more weights than points interpolates them: the loss falls to 1e-30
+      while the error between the points stays 1e-6..1e-4. Keep at least ~2 points per
+      weight (the default grid does); `report.residual_ratio` ≫ 1 shows it.
+    - a small network can stall in a local minimum far above zero (∇²ψ = 0 on the unit
+      square with ψ(x, 1) = sin πx: loss ≈ 2e-2 for most seeds with 10 units). More units
+      and `restarts` escape it; `report.train_residual / report.start_residual` shows it.
+
+    DEFAULTS_TABLE
     """
     key = jr.key(0) if key is None else key
-    k_net, k_pts = jr.split(key)
+    if isinstance(restarts, bool) or not isinstance(restarts, int | np.integer) or restarts < 1:
+        raise ValueError(f"restarts must be an int >= 1; got restarts={restarts!r}")
+    if restarts > 1 and network is not None:
+        raise ValueError(
+            "restarts > 1 trains from fresh random networks; leave network=None (or pass "
+            "restarts=1 to continue from a network)"
+        )
     dtype = jnp.zeros(()).dtype
-    if isinstance(points, int | np.integer):
+    for name, v in (("adam_steps", adam_steps), ("lbfgs_steps", lbfgs_steps),
+                    ("lm_steps", lm_steps)):
+        if v < 0:
+            raise ValueError(f"{name} must be >= 0; got {name}={v}")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1; got chunk={chunk}")
+    if not lm_damping > 0:
+        raise ValueError(f"lm_damping must be > 0; got lm_damping={lm_damping}")
+    if weight is not None and not callable(weight):
+        raise ValueError(f"weight must be a function w(x) -> scalar or None; got {weight!r}")
+    if exact is not None and not callable(exact):
+        raise ValueError(f"exact must be a function psi(x) of one point or None; got {exact!r}")
+
+    def make_network(k):
+        return sigmoid_mlp(k, problem.dim, problem.conditions.out_shape, hidden, depth,
+                           init_scale, dtype)
+
+    keys = [key] + [jr.fold_in(key, i) for i in range(1, restarts)]
+    first = network if network is not None else make_network(jr.split(keys[0])[0])
+    if points is None:
+        n_params = ravel_pytree(eqx.filter(first, eqx.is_inexact_array))[0].size
+        xs = grid_points(problem, default_points(problem, int(n_params)), dtype)
+    elif isinstance(points, int | np.integer):
         xs = grid_points(problem, int(points), dtype)
     else:
         xs = jnp.asarray(points, dtype)
@@ -313,91 +592,48 @@ def train(
                 f"got {xs.shape}"
             )
         _check_points(problem, xs)
-    for name, v in (("adam_steps", adam_steps), ("lbfgs_steps", lbfgs_steps),
-                    ("lm_steps", lm_steps)):
-        if v < 0:
-            raise ValueError(f"{name} must be >= 0; got {name}={v}")
-    if chunk < 1:
-        raise ValueError(f"chunk must be >= 1; got chunk={chunk}")
-    if not lm_damping > 0:
-        raise ValueError(f"lm_damping must be > 0; got lm_damping={lm_damping}")
-    if network is None:
-        network = sigmoid_mlp(k_net, problem.dim, problem.conditions.out_shape, hidden, depth,
-                              init_scale, dtype)
-    params, static = eqx.partition(network, eqx.is_inexact_array)
-    theta, unravel = ravel_pytree(params)
-    # Shape check of the user's residual before any compilation of the training loops.
-    jax.eval_shape(TrialSolution(network, problem).residual, xs[0])
+    # Shape checks of the user's functions before any compilation of the training loops.
+    jax.eval_shape(TrialSolution(first, problem).residual, xs[0])
     if weight is not None:
-        if not callable(weight):
-            raise ValueError(f"weight must be a function w(x) -> scalar or None; got {weight!r}")
         w_shape = jax.eval_shape(weight, xs[0]).shape
         if w_shape != ():
             raise ValueError(
                 f"weight must return a scalar for one point x; got shape {w_shape}"
             )
+    if exact is not None:
+        e_shape = jax.eval_shape(exact, xs[0]).shape
+        if e_shape != problem.conditions.out_shape:
+            raise ValueError(
+                f"exact must return psi's shape {problem.conditions.out_shape} for one point x; "
+                f"got shape {e_shape}"
+            )
+    # One validation set for every restart, drawn apart from the training keys.
+    xv = _validation_points(problem, validation, jr.fold_in(key, 2**31 - 1), dtype)
 
-    args = (xs, params, static, problem, weight)
-
-    def loss_now():
-        return float(_loss_jit(box["theta"], *args))
-
-    box = {"theta": theta}
-    start = time.perf_counter()
-
-    # Stage 1: Adam.
-    chunk_a = min(chunk, max(adam_steps, 1))
-    adam_state = _strong(_adam(learning_rate, adam_steps).init(theta))
-    carry = {"state": adam_state, "key": k_pts}
-
-    def adam_step():
-        box["theta"], carry["state"], carry["key"], _ = _adam_chunk(
-            box["theta"], carry["state"], carry["key"], xs, params, static, problem, weight,
-            learning_rate, adam_steps, resample, chunk_a)
-
-    n_adam = _run_stage("adam", adam_steps, chunk_a, adam_step, loss_now, -1.0, progress, False)
-    loss_adam = loss_now()
-
-    # Stage 2: L-BFGS.
-    chunk_l = min(chunk, max(lbfgs_steps, 1))
-    carry["lbfgs"] = _strong(optax.lbfgs().init(box["theta"]))
-
-    def lbfgs_step():
-        box["theta"], carry["lbfgs"] = _lbfgs_chunk(box["theta"], carry["lbfgs"], *args,
-                                                    chunk_l)
-
-    n_lbfgs = _run_stage("l-bfgs", lbfgs_steps, chunk_l, lbfgs_step, loss_now, tol, progress,
-                         False)
-    loss_lbfgs = loss_now()
-
-    # Stage 3: Levenberg-Marquardt.
-    n_lm = 0
-    if lm_steps > 0 and loss_lbfgs > tol:
-        chunk_m = min(chunk, lm_steps)
-        dtype_t = theta.dtype
-        carry["lm"] = (jnp.asarray(lm_damping, dtype_t), jnp.asarray(2.0, dtype_t))
-
-        def lm_step():
-            box["theta"], lam, nu = _lm_chunk(box["theta"], *carry["lm"], *args, chunk_m)
-            carry["lm"] = (lam, nu)
-
-        n_lm = _run_stage("levenberg-marquardt", lm_steps, chunk_m, lm_step, loss_now, tol,
-                          progress, True)
-    theta = box["theta"]
-    r = _residuals_jit(theta, *args)
-    elapsed = time.perf_counter() - start
-    solution = TrialSolution(eqx.combine(unravel(theta), static), problem)
-    report = TrainReport(
-        loss=float(jnp.mean(r**2)),
-        max_residual=float(jnp.max(jnp.abs(r))),
-        loss_after_adam=loss_adam,
-        loss_after_lbfgs=loss_lbfgs,
-        adam_steps=n_adam,
-        lbfgs_steps=n_lbfgs,
-        lm_steps=n_lm,
-        n_params=int(theta.size),
-        n_points=int(xs.shape[0]),
-        time_s=elapsed,
-        lm_damping=float(carry["lm"][0]) if "lm" in carry else float("nan"),
-    )
+    kw = dict(adam_steps=adam_steps, learning_rate=learning_rate, resample=resample,
+              lbfgs_steps=lbfgs_steps, lm_steps=lm_steps, tol=tol, chunk=chunk,
+              progress=progress, lm_damping=lm_damping)
+    best, checks, total = None, [], 0.0
+    for i, k in enumerate(keys):
+        k_net, k_pts = jr.split(k)
+        net = first if i == 0 else make_network(k_net)
+        sol, theta, out = _fit(problem, net, xs, k_pts, weight, **kw)
+        total += out["time_s"]
+        val, err = _check_of(sol, theta, xv, exact, weight)
+        checks.append(val)
+        # Rank by the validation residual (the training one without validation points).
+        rank = val if xv is not None else out["train_residual"]
+        rank = rank if np.isfinite(rank) else np.inf
+        if best is None or rank < best[0]:
+            best = (rank, i, sol, out, val, err)
+    _, i_best, solution, out, val, err = best
+    out = dict(out, time_s=total, validation_residual=val, validation_error=err,
+               residual_ratio=val / out["train_residual"] if out["train_residual"] > 0
+               else float("inf"),
+               n_validation=0 if xv is None else int(xv.shape[0]))
+    msgs = _warnings_of(out, points)
+    for m in msgs:
+        warnings.warn(m, TrialWarning, stacklevel=2)
+    report = TrainReport(**out, warnings=msgs, restarts=restarts, best_restart=i_best,
+                         restart_residuals=tuple(checks))
     return solution, report
