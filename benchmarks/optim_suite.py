@@ -15,8 +15,8 @@ Problems (float64):
 - L2-regularised logistic regression on sklearn's breast-cancer data (standardised, with
   intercept, λ = 1e-3): strictly convex, f* from Newton's method to machine precision;
   the zero start and 7 standard-normal starts.
-- (optional, --mlp) a 64-16-10 tanh MLP on 500 sklearn digits: no known f*, so the
-  figure is the training loss after the budget.
+- a 64-16-10 tanh MLP on 500 sklearn digits (cross-entropy), 4 starts: no known f*
+  (the infimum 0 is not attained), so its target is a training loss below 1e-3.
 
 Configurations: `jode.optim.gradient_flow(solver, rtol, atol=1e-8, error_scale=scale)`
 for solver in {Tsit5, Bosh3, EulerHeun, Ros2}, scale in {"params", "step"}, rtol in
@@ -100,6 +100,38 @@ def logistic_problem():
     return loss, f_star, jnp.asarray(starts)
 
 
+def mlp_problem():
+    """A 64-16-10 tanh MLP on 500 sklearn digits (cross-entropy): (loss, 0, starts).
+
+    No known minimum: the training loss decreases towards 0 on separable data, so the
+    target is the loss itself below MLP_TARGET; 4 starts (normal weights / sqrt(fan-in)).
+    """
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x, y = jnp.asarray(x[:500] / 16.0), jnp.asarray(y[:500])
+    sizes = ((64, 16), (16,), (16, 10), (10,))
+    cuts = np.cumsum([int(np.prod(s)) for s in sizes])[:-1]
+
+    def loss(w):
+        w1, b1, w2, b2 = (a.reshape(s) for a, s in zip(jnp.split(w, cuts), sizes, strict=True))
+        logits = jnp.tanh(x @ w1 + b1) @ w2 + b2
+        return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(
+            logits, y[:, None], -1)[:, 0])
+
+    rng = np.random.default_rng(0)
+    starts = []
+    for _ in range(4):
+        parts = [rng.normal(size=s) / np.sqrt(s[0]) if len(s) == 2 else np.zeros(s)
+                 for s in sizes]
+        starts.append(np.concatenate([a.ravel() for a in parts]))
+    return loss, 0.0, jnp.asarray(np.stack(starts))
+
+
+#: The MLP's target: training loss below this (its infimum 0 is not attained).
+MLP_TARGET = 1e-3
+
+
 def problems(quick):
     n = 11 if quick else 21
     out = {
@@ -110,6 +142,7 @@ def problems(quick):
         "Beale": (beale, 0.0, grid(((-4.5, 4.5), (-4.5, 4.5)), n)),
     }
     out["logistic"] = logistic_problem()
+    out["digits MLP"] = mlp_problem()
     return out
 
 
@@ -124,8 +157,8 @@ RTOLS = (1e-1, 1e-2, 1e-3)
 LRS = (1e-3, 1e-2, 1e-1)
 
 
-def make_runner(kind, loss, f_star, budget, solver=None, scale="params"):
-    """jit(vmap over starts) of one optimizer to f - f* < TARGET or `budget` evaluations.
+def make_runner(kind, loss, f_star, budget, solver=None, scale="params", target=TARGET):
+    """jit(vmap over starts) of one optimizer to f - f* < target or `budget` evaluations.
 
     Returns (hit, evaluations at the hit (grads + HVPs), final f - f*) per start; the knob
     (rtol for the flows, the learning rate for Adam) is a traced argument (one compile).
@@ -144,13 +177,14 @@ def make_runner(kind, loss, f_star, budget, solver=None, scale="params"):
 
         def cond(c):
             s, hit, _ = c
-            return ~hit & (cost(s) < budget)
+            # The iteration cap guards against a line search that stops counting (a NaN).
+            return ~hit & (cost(s) < budget) & (s.k < budget)
 
         def body(c):
             s, _, _ = c
             spent = cost(s)
             value, _, s_next = compare.take_step(kind_c, opt, loss, s)
-            hit = jnp.isfinite(value) & (value - f_star < TARGET)
+            hit = jnp.isfinite(value) & (value - f_star < target)
             s_out = jax.tree.map(lambda a, b: jnp.where(hit, a, b), s, s_next)
             return s_out, hit, spent
 
@@ -158,6 +192,10 @@ def make_runner(kind, loss, f_star, budget, solver=None, scale="params"):
         s, hit, spent = jax.lax.while_loop(cond, body, init)
         return hit, spent, loss(s.params) - f_star
 
+    if kind == "lbfgs":
+        # One start after another (lax.map): batched by vmap, the Goldstein-Price grid's
+        # 441 zoom line searches did not finish in 10 minutes, while each alone takes ms.
+        return jax.jit(lambda xs, knob: jax.lax.map(lambda x: one(x, knob), xs))
     return jax.jit(jax.vmap(one, in_axes=(0, None)))
 
 
@@ -191,9 +229,10 @@ def main():
     jax.config.update("jax_numpy_dtype_promotion", "standard")  # optax mixes int32 and floats
     for pname, (loss, f_star, starts) in probs.items():
         n = starts.shape[0]
+        target = MLP_TARGET if pname == "digits MLP" else TARGET
         for sname in args.solvers.split(","):
             for scale in SCALES:
-                run = make_runner("flow", loss, f_star, budget, SOLVERS[sname](), scale)
+                run = make_runner("flow", loss, f_star, budget, SOLVERS[sname](), scale, target)
                 for rtol in RTOLS:
                     t = time.perf_counter()
                     hit, spent, gap = run(starts, rtol)
@@ -203,7 +242,7 @@ def main():
                     print(f"{pname:16s} {name:24s} {fmt(frac, med, n):>14s}  "
                           f"({time.perf_counter() - t:.1f} s)", flush=True)
         best = None
-        run = make_runner("adam", loss, f_star, budget)
+        run = make_runner("adam", loss, f_star, budget, target=target)
         for lr in LRS:
             hit, spent, _ = run(starts, lr)
             frac, med = summarize(hit, spent)
@@ -214,7 +253,7 @@ def main():
         rows.setdefault("Adam (best lr)", {})[pname] = (best[2], best[3])
         print(f"{pname:16s} {'Adam lr ' + format(best[1], 'g'):24s} "
               f"{fmt(best[2], best[3], n):>14s}", flush=True)
-        run = make_runner("lbfgs", loss, f_star, budget)
+        run = make_runner("lbfgs", loss, f_star, budget, target=target)
         hit, spent, _ = run(starts, 0.0)
         frac, med = summarize(hit, spent)
         rows.setdefault("L-BFGS", {})[pname] = (frac, med)
@@ -223,7 +262,8 @@ def main():
     names = list(probs)
     sizes = {k: v[2].shape[0] for k, v in probs.items()}
     print(f"\nTotal {time.perf_counter() - t_start:.0f} s; load {os.getloadavg()}\n")
-    print("Starts reaching f - f* < 1e-8 / starts, median gradient evaluations of those:\n")
+    print("Starts reaching f - f* < 1e-8 (digits MLP: loss < 1e-3) / starts, median gradient "
+          "evaluations of those (Ros2: + Hessian-vector products):\n")
     print("| configuration | " + " | ".join(names) + " |")
     print("|---" * (len(names) + 1) + "|")
     for name, per in rows.items():

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
+from jode.ode.explicit import Tsit5
 from jode.optim.flow import FlowState, gradient_flow
 from jode.optim.heavy_ball import heavy_ball_flow
 from jode.optim.minimize import minimize_by_flow
@@ -48,6 +49,7 @@ def make_optimizer(
     line search (no learning rate).
     """
     if kind == "flow":
+        solver = Tsit5() if solver is None else solver
         return gradient_flow(solver, rtol, atol, controller=controller, error_scale=error_scale)
     if kind == "flow-ros2":
         solver = Ros2() if solver is None else solver

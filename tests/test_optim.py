@@ -109,7 +109,9 @@ def test_flow_follows_exact_gradient_flow_on_pytree_quadratic():
 def test_flow_converges_and_works_in_chain():
     # Clipping after the flow bounds every step; the iteration still ends at the minimizer.
     # (An explicit flow settles within about the tolerance of the minimizer: rtol is tight.)
-    opt = optax.chain(optim.gradient_flow(rtol=1e-8, atol=1e-10), optax.clip_by_global_norm(0.25))
+    opt = optax.chain(
+        optim.gradient_flow(jode.Tsit5(), rtol=1e-8, atol=1e-10), optax.clip_by_global_norm(0.25)
+    )
     (p, state), norms = _run(opt, quadratic, P0, 150, from_state=False)
     assert float(jnp.max(norms)) <= 0.25 + 1e-12
     assert _max_diff(p, CENTER) < 1e-5
@@ -300,7 +302,8 @@ def test_truncated_cg_matches_dense_solve():
 @pytest.mark.parametrize(
     "fn, minimizers, minimum, start, solver, rtol, gtol",
     [
-        (six_hump_camel, CAMEL_MINIMIZERS, CAMEL_MINIMUM, (0.5, -0.3), None, 1e-8, 1e-5),
+        (six_hump_camel, CAMEL_MINIMIZERS, CAMEL_MINIMUM, (0.5, -0.3), jode.Tsit5(), 1e-8,
+         1e-5),
         (goldstein_price, GOLDSTEIN_PRICE_MINIMIZERS, 3.0, (0.4, -0.6), optim.Ros2(), 1e-4,
          1e-8),
     ],
@@ -366,3 +369,85 @@ def test_flow_steppers_are_solvers_of_the_one_protocol(solver, rtol, bound):
     (p, state), _ = _run(opt, loss, y0, 1)
     assert int(state.rejected) == 0 and int(state.count) == 1
     np.testing.assert_allclose(np.asarray(p), np.asarray(res.y1), rtol=1e-12)
+
+
+# The defaults (Ros2, rtol 0.1, error scaled to the parameters; benchmarks/optim_suite.py).
+
+
+def rosenbrock(p):
+    """(1 - x)² + 100(y - x²)²: minimum 0 at (1, 1) (Rosenbrock 1960)."""
+    return (1.0 - p[0]) ** 2 + 100.0 * (p[1] - p[0] ** 2) ** 2
+
+
+def himmelblau(p):
+    """(x² + y - 11)² + (x + y² - 7)²: four global minima, f = 0 (Himmelblau 1972)."""
+    return (p[0] ** 2 + p[1] - 11.0) ** 2 + (p[0] + p[1] ** 2 - 7.0) ** 2
+
+
+# (3, 2) exactly; the other three to the 6 decimals published by Himmelblau (1972).
+HIMMELBLAU_MINIMIZERS = np.asarray(
+    [[3.0, 2.0], [-2.805118, 3.131312], [-3.779310, -3.283186], [3.584428, -1.848126]]
+)
+
+
+def test_defaults_rosenbrock_within_budget():
+    res = optim.minimize_by_flow(lambda p, _: rosenbrock(p), jnp.asarray([-1.2, 1.0]))
+    assert int(res.status) == int(jode.RESULTS.CONVERGED) and bool(res.converged)
+    assert float(res.value) < 1e-8
+    np.testing.assert_allclose(np.asarray(res.params), [1.0, 1.0], atol=1e-5)
+    # Budget: 1000 gradient evaluations plus Hessian-vector products (the explicit
+    # defaults before, Tsit5 at rtol 1e-3, had f = 5.5e-4 after 806k gradients).
+    assert int(res.nfev) + int(res.nhvp) < 1000
+
+
+def test_defaults_himmelblau_grid_reaches_the_four_minima():
+    g = np.linspace(-5.0, 5.0, 7)
+    starts = jnp.asarray(np.stack(np.meshgrid(g, g), -1).reshape(-1, 2))
+    run = jax.jit(jax.vmap(lambda x: optim.minimize_by_flow(lambda p, _: himmelblau(p), x,
+                                                            gtol=1e-9)))
+    res = run(starts)
+    assert np.all(np.asarray(res.status) == int(jode.RESULTS.CONVERGED))
+    assert float(jnp.max(res.value)) < 1e-12  # the minimum value is exactly 0
+    dist = np.min(np.linalg.norm(np.asarray(res.params)[:, None] - HIMMELBLAU_MINIMIZERS,
+                                 axis=-1), axis=1)
+    assert np.max(dist) < 1e-6 + 1e-6  # published minimizers are rounded to 1e-6
+    found = np.argmin(np.linalg.norm(np.asarray(res.params)[:, None] - HIMMELBLAU_MINIMIZERS,
+                                     axis=-1), axis=1)
+    assert set(found.tolist()) == {0, 1, 2, 3}
+
+
+def test_defaults_pytree_quadratic_known_minimizer():
+    res = optim.minimize_by_flow(lambda p, _: quadratic(p), P0, gtol=1e-10)
+    assert bool(res.converged)
+    assert _max_diff(res.params, CENTER) < 1e-10
+    assert float(res.value) < 1e-20
+    # The optax optimizer with its defaults converges to the same point.
+    (p, state), _ = _run(optim.gradient_flow(), quadratic, P0, 40)
+    assert _max_diff(p, CENTER) < 1e-10
+    assert int(state.status) == 0
+
+
+def test_stop_short_is_visible():
+    loss = lambda p, _: rosenbrock(p)  # noqa: E731
+    x0 = jnp.asarray([-1.2, 1.0])
+    with pytest.warns(RuntimeWarning, match=r"MAX_STEPS.*‖∇L‖ = .*raise max_steps"):
+        res = optim.minimize_by_flow(loss, x0, max_steps=5)
+    assert int(res.status) == int(jode.RESULTS.MAX_STEPS) and not bool(res.converged)
+    assert int(res.steps) + 0 <= 5 and float(res.grad_norm) > 1e-6
+    with pytest.raises(RuntimeError, match="max_steps"):
+        optim.minimize_by_flow(loss, x0, max_steps=5, throw=True)
+    # Under jit no Python warning can fire: the status tells, and throw=True still raises.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = jax.jit(lambda x: optim.minimize_by_flow(loss, x, max_steps=5))(x0)
+        assert int(res.status) == int(jode.RESULTS.MAX_STEPS)
+        with pytest.raises(RuntimeError, match="max_steps"):
+            jax.block_until_ready(
+                jax.jit(lambda x: optim.minimize_by_flow(loss, x, max_steps=5, throw=True))(x0)
+            )
+    # A loss that is NaN at the start: NONFINITE, no step taken.
+    with pytest.warns(RuntimeWarning, match="NONFINITE"):
+        res = optim.minimize_by_flow(lambda p, _: jnp.sum(jnp.log(p)), jnp.asarray([-1.0]))
+    assert int(res.status) == int(jode.RESULTS.NONFINITE) and int(res.steps) == 0

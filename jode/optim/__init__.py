@@ -1,7 +1,8 @@
 """Optimizing by integrating the gradient flow dθ/dt = -∇L(θ) (Owens & Filkin 1989).
 
-opt = jode.optim.gradient_flow(rtol=1e-3)            # an optax optimizer, no learning rate
-res = jode.optim.minimize_by_flow(loss, θ0, args)    # integrate to a steady state
+opt = jode.optim.gradient_flow()                     # an optax optimizer, no learning rate
+res = jode.optim.minimize_by_flow(loss, θ0, args)    # to ‖∇L‖ <= gtol; res.status says
+                                                     # if it got there (else a warning)
 opt = jode.optim.heavy_ball_flow(damping=1.0)        # θ'' + γθ' + ∇L(θ) = 0 (another ODE)
 """
 

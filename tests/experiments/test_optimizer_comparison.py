@@ -82,7 +82,7 @@ def test_xor_fit():
     from jode_experiments.ode_optimizer import init_mlp
 
     p0 = init_mlp(jax.random.PRNGKey(1), (2, 4, 1), jnp.float64)
-    (p, state), _ = _run(optim.gradient_flow(rtol=1e-6, atol=1e-8), loss, p0, 300)
+    (p, state), _ = _run(optim.gradient_flow(jode.Tsit5(), rtol=1e-6, atol=1e-8), loss, p0, 300)
     (w1, b1), (w2, b2) = p
     pred = jax.nn.sigmoid(jnp.tanh(x @ w1 + b1) @ w2 + b2)[:, 0]
     assert np.array_equal(np.asarray(pred > 0.5), np.asarray(y > 0.5))
