@@ -369,7 +369,7 @@ def _run(y_lanes, a_lanes, consts, times, rtol_v, atol_v, ts, *, spec: _Spec):
 def _compiler_params(spec: _Spec):
     """On a GPU, Pallas's Triton backend (Mosaic GPU, the default, has no float64 and wants
     warpgroup-shaped arrays): one thread per lane, `block` lanes per program."""
-    if spec.interpret or jax.default_backend() not in ("gpu", "cuda", "rocm"):
+    if spec.interpret or jax.default_backend() == "tpu":
         return None
     from jax.experimental.pallas import triton as pl_triton
 
@@ -535,7 +535,8 @@ def _kernel(*refs, spec: _Spec, n_args, n_consts, has_ts):
         def going(rows):
             c = jax.tree.unflatten(carry_tree, _unrows(rows, shapes))
             t, live = c[0][()], c[9][()]
-            return jnp.any(live & (direction * t < direction * target))
+            # max over int32, not jnp.any: Pallas's Triton backend has no reduce_or.
+            return jnp.max((live & (direction * t < direction * target)).astype(jnp.int32)) > 0
 
         def body(rows):
             c = jax.tree.unflatten(carry_tree, _unrows(rows, shapes))

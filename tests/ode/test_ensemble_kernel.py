@@ -231,3 +231,33 @@ def test_vector_field_indexing_by_traced_value_is_refused():
 
     with pytest.raises(ValueError, match="kernel=False"):
         solve_ensemble_kernel(f, y0, 0.0, 1.0, p)
+
+
+@pytest.mark.parametrize("name", ["lotka_volterra", "lorenz"])
+def test_kernel_lowers_to_triton_for_cuda(monkeypatch, name):
+    """Lowering for a GPU without one (jax.export to CUDA): the kernel passes Pallas's
+    Triton lowering (power-of-two shapes for every operation, its primitives), for a state
+    of 2 and of 3 components with 101 saves. Compiling and running it needs a GPU
+    (benchmarks/gpu.py)."""
+    from jode import models
+    from jode.ode import ensemble_kernel as ek
+
+    # eqx.error_if's host callback cannot be lowered for another platform than this one.
+    monkeypatch.setattr(ek, "_traced_checks", lambda y, ts, t0, t1: (y, ts))
+    f, n, k = {"lotka_volterra": (models.lotka_volterra, 2, 4), "lorenz": (models.lorenz, 3, 3)}[
+        name
+    ]
+    ts = jnp.linspace(0.0, 1.0, 101)
+
+    def run(y0, p):
+        sol = ek.solve_ensemble_kernel.__wrapped__(f, y0, 0.0, 1.0, p, saveat=ts,
+                                                   interpret=False)
+        return sol.ys, sol.status
+
+    exported = jax.export.export(
+        jax.jit(run),
+        platforms=["cuda"],
+        disabled_checks=[jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")],
+    )(jax.ShapeDtypeStruct((256, n), jnp.float64), jax.ShapeDtypeStruct((256, k), jnp.float64))
+    text = exported.mlir_module()
+    assert "__gpu$xla.gpu.triton" in text and "grid_x = 2" in text
