@@ -91,6 +91,10 @@ def solve_ensemble_kernel(
     with `jnp.where`/`lax.cond` and multiply small matrices; indexing by traced values,
     loops and sorts inside f raise a ValueError (use the vmap path).
 
+    Meant, like EnsembleGPUKernel, for small systems (up to tens of components): the
+    kernel is unrolled over components, so a vector field with large arrays (a neural
+    network's weight matrices) makes a very large kernel; use the vmap path for those.
+
     Forward only: differentiating through the kernel (jax.grad, jax.jvp) raises a
     ValueError; use `jode.solve_batch(..., kernel=False)` (the vmap path) for gradients.
 
@@ -107,7 +111,8 @@ def solve_ensemble_kernel(
             `jode.solve` (default: chosen as `jode.solve` does, Hairer-Norsett-Wanner).
         controller: a `jode.PIDController` (default `jode.PIDController()`).
         max_steps: bound on the number of steps of each lane.
-        block: lanes per kernel program (default: min(128, B rounded up to a power of 2)).
+        block: lanes per kernel program (default: min(128, B rounded up to a power of 2));
+            a power of two on a GPU.
         interpret: run the kernel in Pallas interpret mode (default: unless JAX's default
             backend is a GPU or TPU).
 
@@ -186,6 +191,11 @@ def solve_ensemble_kernel(
         block = min(DEFAULT_BLOCK, 1 << max(0, math.ceil(math.log2(n_lanes))))
     if interpret is None:
         interpret = default_interpret()
+    if not interpret and block & (block - 1):
+        raise ValueError(
+            f"block must be a power of two on a GPU (Pallas's Triton backend); got "
+            f"block={block}. Use e.g. block={1 << (block.bit_length() - 1)}"
+        )
 
     y0_flat_lane, unravel = ravel_pytree(y0_lane)
     dtype = y0_flat_lane.dtype
