@@ -51,6 +51,13 @@ def _dense_tangent_solve(linear_fn, rhs):
 #: trusting it would accept an unconverged first iterate.
 ETA_FIRST_MIN = 0.5
 
+#: A contraction rate above this counts as divergence. HW 1996 (§IV.8) stop at θ ≥ 1; a
+#: simplified Newton iteration started far from the root (an extrapolated stage guess, a
+#: Jacobian from the step's start) often has one ratio near 1 before it contracts fast, so,
+#: as diffrax's VeryChord does, only θ > 2 fails at once; slower iterations still end at
+#: `max_iters`.
+THETA_DIVERGE = 2.0
+
 
 def newton_iterate(residual, guess, lu, weight, kappa, max_iters, eta0, floor=0.0):
     """The simplified Newton loop (no derivatives); returns (root, NewtonInfo).
@@ -82,7 +89,7 @@ def newton_iterate(residual, guess, lu, weight, kappa, max_iters, eta0, floor=0.
         first = it == 0
         eta = jnp.where(first, eta, theta / jnp.maximum(1.0 - theta, eps))
         at_floor = norm <= floor
-        failed = ~jnp.isfinite(norm) | (~first & ~at_floor & (theta >= 1.0))
+        failed = ~jnp.isfinite(norm) | (~first & ~at_floor & (theta > THETA_DIVERGE))
         done = ~failed & ((eta * norm <= kappa) | at_floor)
         return it + 1, k + dk, norm, eta, done, failed
 
