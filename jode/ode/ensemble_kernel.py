@@ -23,8 +23,8 @@ fields that index by traced values (gathers), loop or sort are refused by name.
 Each lane takes the steps `jode.solve` takes for it alone: the step is `solver.step` (the
 tableau's stages, explicit.py), the error norm `control.scaled_error`, the controller
 `control.pid_update` and the initial step `control.initial_step`, with the same masking and
-failure rules as `solve._body`. The arithmetic is the same; XLA may fuse it differently
-(contracting a multiply-add here and not there), and an ulp of the state moves the error
+failure rules as the step loop of `jode.solve`. The arithmetic is the same; XLA may fuse it
+differently (contracting a multiply-add here and not there), and an ulp of the state moves the error
 estimate's leading digits, so step sizes and values agree with the solve's to rounding
 (measured: identical step counts; float64 values ~1e-14 relative after hundreds of steps).
 Saves on a grid of times `ts` never shorten a step: the kernel loops over the save times,
@@ -390,7 +390,8 @@ def _lane_functions(spec: _Spec):
     """One lane's start, step attempt and save, as plain functions of per-lane arrays.
 
     The kernel traces each to a jaxpr and runs it on rows of lanes (`_eval_rows`); under
-    `jax.vmap` they are what `solve._body` computes for a lane (see the module docstring).
+    `jax.vmap` they are what the step loop of `jode.solve` computes for a lane (see the
+    module docstring).
     """
     solver, controller = spec.solver, spec.controller
 
@@ -407,7 +408,7 @@ def _lane_functions(spec: _Spec):
             return fy, dt0
         return fy, initial_step(f, t0, y, fy, direction, solver.error_order, rtol, atol)
 
-    def attempt(consts, scal, target, c, a_cols):  # solve._body without jumps and events
+    def attempt(consts, scal, target, c, a_cols):  # jode.solve's loop body without jumps and events
         t0, t1, _, d, rtol, atol = scal
         t, y, fy, h, prev_inv, steps, accepted, rejected, status, live, last = c
         f = lambda t, y: f_lane(consts, t, y, a_cols)  # noqa: E731
