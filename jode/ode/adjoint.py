@@ -34,8 +34,9 @@ class AbstractAdjoint(eqx.Module):
         """Run `body(carry, args)` while `cond(carry)`, at most `max_iter` times."""
         raise NotImplementedError
 
-    def solve(self, solve_fn, f, y0, t0, t1, args, **kwargs):
-        return solve_fn(f, y0, t0, t1, args, loop=self.loop, **kwargs)
+    def solve(self, solve_fn, f, y0, t0, t1, args, opts):
+        """Run `solve_fn(f, y0, t0, t1, args, opts, loop)` (`opts`: `solve.Options`)."""
+        return solve_fn(f, y0, t0, t1, args, opts, self.loop)
 
 
 
@@ -127,18 +128,18 @@ class BacksolveAdjoint(AbstractAdjoint):
     def loop(self, cond, body, init, args, max_iter):
         return lax_loop(cond, body, init, args, max_iter)
 
-    def solve(self, solve_fn, f, y0, t0, t1, args, **kwargs):
-        saveat = kwargs["saveat"]
+    def solve(self, solve_fn, f, y0, t0, t1, args, opts):
+        saveat = opts.saveat
         if saveat.steps or saveat.dense:
             raise ValueError(
                 "BacksolveAdjoint supports saving at times (saveat=ts) and at t1; for "
                 "SaveAt(steps=True) or dense output use adjoint=jode.DirectAdjoint()"
             )
-        if kwargs.get("stop") is not None:
+        if opts.stop is not None:
             raise ValueError("BacksolveAdjoint does not support stop=; use jode.DirectAdjoint()")
         for name in ("rtol", "atol"):
             own = getattr(self, name)
-            if own is None and jax.tree.structure(kwargs[name]).num_leaves != 1:
+            if own is None and jax.tree.structure(getattr(opts, name)).num_leaves != 1:
                 raise ValueError(
                     f"per-component {name} needs scalar backward tolerances: pass "
                     f"jode.BacksolveAdjoint({name}=...)"
@@ -148,27 +149,26 @@ class BacksolveAdjoint(AbstractAdjoint):
         t1 = jnp.asarray(t1, dtype)
         ts = None if saveat.ts is None else jnp.asarray(saveat.ts, dtype)
         f_cc = eqx.filter_closure_convert(f, t0, y0, args)
-        return _backsolve((y0, t0, t1, ts, args, f_cc), self, solve_fn, kwargs)
+        return _backsolve((y0, t0, t1, ts, args, f_cc), self, solve_fn, opts)
 
 
 @eqx.filter_custom_vjp
-def _backsolve(diff, adjoint, solve_fn, kwargs):
+def _backsolve(diff, adjoint, solve_fn, opts):
     y0, t0, t1, ts, args, f_cc = as_arrays(diff)
-    kwargs = dict(kwargs)
     if ts is not None:
-        kwargs["saveat"] = eqx.tree_at(lambda s: s.ts, kwargs["saveat"], ts)
-    return solve_fn(f_cc, y0, t0, t1, args, loop=lax_loop, **kwargs)
+        opts = eqx.tree_at(lambda o: o.saveat.ts, opts, ts)
+    return solve_fn(f_cc, y0, t0, t1, args, opts, lax_loop)
 
 
 @_backsolve.def_fwd
-def _backsolve_fwd(perturbed, diff, adjoint, solve_fn, kwargs):
+def _backsolve_fwd(perturbed, diff, adjoint, solve_fn, opts):
     del perturbed
-    sol = _backsolve.fn(diff, adjoint, solve_fn, kwargs)
+    sol = _backsolve.fn(diff, adjoint, solve_fn, opts)
     return sol, (sol.ts, sol.ys)
 
 
 @_backsolve.def_bwd
-def _backsolve_bwd(residuals, grad_sol, perturbed, diff, adjoint, solve_fn, kwargs):
+def _backsolve_bwd(residuals, grad_sol, perturbed, diff, adjoint, solve_fn, opts):
     del perturbed
     from .solve import solve  # solve.py imports this module
 
@@ -198,9 +198,9 @@ def _backsolve_bwd(residuals, grad_sol, perturbed, diff, adjoint, solve_fn, kwar
         da, dth = pull(a)
         return fy, -da, jax.tree.map(jnp.negative, dth)
 
-    solver = kwargs["solver"] if adjoint.solver is None else adjoint.solver
-    rtol = kwargs["rtol"] if adjoint.rtol is None else adjoint.rtol
-    atol = kwargs["atol"] if adjoint.atol is None else adjoint.atol
+    solver = opts.solver if adjoint.solver is None else adjoint.solver
+    rtol = opts.rtol if adjoint.rtol is None else adjoint.rtol
+    atol = opts.atol if adjoint.atol is None else adjoint.atol
     rtol, atol = (jnp.asarray(jax.tree.leaves(x)[0], dtype) for x in (rtol, atol))
     if adjoint.seminorm:
         # Error on (y, a) only: the g channel gets a tolerance so loose its scaled error
@@ -214,8 +214,8 @@ def _backsolve_bwd(residuals, grad_sol, perturbed, diff, adjoint, solve_fn, kwar
         ones = jax.tree.map(lambda x: jnp.ones((), dtype), theta)
         rtol = (c * rtol, c * rtol, ones)
         atol = (c * atol, c * atol, big)
-    controller = kwargs["controller"]
-    dt0, n_steps = kwargs["dt0"], kwargs["n_steps"]
+    controller = opts.controller
+    dt0, n_steps = opts.dt0, opts.n_steps
     constant = dt0 is not None or n_steps is not None
     if constant:
         step = jnp.abs((t1 - t0) / n_steps if n_steps is not None else jnp.asarray(dt0, dtype))
@@ -227,10 +227,10 @@ def _backsolve_bwd(residuals, grad_sol, perturbed, diff, adjoint, solve_fn, kwar
             dt = jnp.where(t_to >= t_from, step, -step)
         sol = solve(
             aug, state, t_from, t_to, theta, solver=solver, rtol=rtol, atol=atol, dt0=dt,
-            controller=controller, jump_ts=kwargs["jump_ts"], adjoint=ForwardMode(),
+            controller=controller, jump_ts=opts.jump_ts, adjoint=ForwardMode(),
             # Constant steps: the backward times t_from + j dt drift from the forward grid by
             # rounding, which can leave a last step of a few ulps after n_steps steps.
-            max_steps=kwargs["max_steps"] + (1 if constant else 0), throw=False,
+            max_steps=opts.max_steps + (1 if constant else 0), throw=False,
         )
         return jax.tree.map(lambda x: x[-1], sol.ys), sol.status
 
@@ -251,8 +251,8 @@ def _backsolve_bwd(residuals, grad_sol, perturbed, diff, adjoint, solve_fn, kwar
     (a, g, status), _ = jax.lax.scan(body, (a0, g0, status0), idx)
     # A failed backward solve leaves a wrong gradient: raise, or (throw=False) make it NaN.
     failed = status != RESULTS.SUCCESS
-    if kwargs["throw"]:
-        a = eqx.branched_error_if(a, failed, status, _backward_messages(solver, kwargs))
+    if opts.throw:
+        a = eqx.branched_error_if(a, failed, status, _backward_messages(solver, opts))
     a = jnp.where(failed, jnp.nan, a)
     g = jax.tree.map(lambda x: jnp.where(failed, jnp.nan, x), g)
     ct_t = jnp.sum(ct_flat * jax.vmap(lambda t, y: f_flat(t, y, theta))(save_ts, ys_flat), axis=1)
@@ -267,7 +267,7 @@ def _backsolve_bwd(residuals, grad_sol, perturbed, diff, adjoint, solve_fn, kwar
     return unravel(a), g_t0, g_t1, g_ts, g_args, g_fcc
 
 
-def _backward_messages(solver, kwargs):
+def _backward_messages(solver, opts):
     """Error messages of a failed backward solve, indexed by RESULTS value."""
     implicit = getattr(solver, "implicit", False)
     return [
@@ -277,7 +277,7 @@ def _backward_messages(solver, kwargs):
         "augmented system is "
         + ("stiff as well, and its Newton iterations" if implicit else "often stiffer than y")
         + " may need tighter control: use adjoint=jode.DirectAdjoint() (the exact gradient of "
-        f"the forward solve, no backward solve), or raise max_steps={kwargs['max_steps']}, or "
+        f"the forward solve, no backward solve), or raise max_steps={opts.max_steps}, or "
         "set jode.BacksolveAdjoint(rtol=..., atol=...)"
         for r in RESULTS
     ]

@@ -165,33 +165,16 @@ def _nonfinite_near(f, t, y, args, t1):
     return ~jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def solve_diffrax(
-    f,
-    y0,
-    t0,
-    t1,
-    args,
-    *,
-    solver,
-    rtol,
-    atol,
-    dt0,
-    n_steps,
-    saveat,
-    controller,
-    jump_ts,
-    stop,
-    adjoint,
-    max_steps,
-    throw,
-    event=None,
-):
-    """Carry out `jode.solve` with diffrax; see `jode.solve` for the arguments.
+def solve_diffrax(f, y0, t0, t1, args, opts):
+    """Carry out `jode.solve` with diffrax; `opts` is its options record (`solve.Options`).
 
     Events (a tuple of `jode.Event`) become one `diffrax.Event` with a condition per event
     and its direction (+1: upward, diffrax's True), located by `optimistix.Newton` on
     diffrax's dense output; the event time and state are saved by a second `SubSaveAt`.
     """
+    solver, rtol, atol, dt0, saveat = opts.solver, opts.rtol, opts.atol, opts.dt0, opts.saveat
+    controller, jump_ts, stop, event = opts.controller, opts.jump_ts, opts.stop, opts.event
+    max_steps = opts.max_steps
     dfx_solver = to_diffrax_solver(solver)
     if isinstance(controller, PIDController):
         stepsize = dfx.PIDController(
@@ -212,7 +195,7 @@ def solve_diffrax(
         if jump_ts is not None:
             stepsize = dfx.ClipStepSizeController(stepsize, jump_ts=jump_ts)
         if dt0 is None:
-            dt0 = (jnp.asarray(t1) - jnp.asarray(t0)) / n_steps
+            dt0 = (jnp.asarray(t1) - jnp.asarray(t0)) / opts.n_steps
     else:
         raise ValueError(f"unknown controller {controller!r}")
     dfx_saveat = dfx.SaveAt(
@@ -236,10 +219,11 @@ def solve_diffrax(
         args,
         saveat=dfx_saveat,
         stepsize_controller=stepsize,
-        adjoint=to_diffrax(adjoint),
+        adjoint=to_diffrax(opts.adjoint),
         max_steps=max_steps,
         throw=False,
         event=dfx_event,
+        progress_meter=dfx.TqdmProgressMeter() if opts.progress else dfx.NoProgressMeter(),
     )
     ts_out, ys_out, event_fields = sol.ts, sol.ys, {}
     if event is not None:
@@ -284,7 +268,7 @@ def solve_diffrax(
         interpolation=sol.interpolation if saveat.dense else None,
         **event_fields,
     )
-    if throw:
+    if opts.throw:
         out = raise_on_failure(out, max_steps, solver, backend="diffrax")
     return out
 
