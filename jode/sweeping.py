@@ -36,8 +36,14 @@ blocks of 64 starts, each stage a `while` loop that stops when its start does): 
 0.47 s against 0.57 s for the Python loop. Wide lanes with retirement (`chunk_size > 1`,
 a pool refilled between compiled chunks of iterations) remain for accelerators, where
 lanes run in parallel. Either way the inner solves are capped (`with_step_budget`) at 4×
-the steps of the starts' own solves, so a trial point's solve fails fast; the cap also
-halves the compile (the checkpointed gradient loop is shaped by `max_steps`).
+the steps of the starts' own solves, so a trial point's solve fails fast.
+
+Compiling the one-lane program (64 starts per call, Lotka-Volterra, L-BFGS with the zoom
+line search) took 20.5 CPU seconds: tracing 2.2, lowering to StableHLO 0.7, XLA 17.6; with
+the backtracking line search (`LBFGS(linesearch="backtracking")`) 14.6 (1.8, 0.4, 12.3).
+The step cap does not change it (21.1 at max_steps 16384). One program serves every block
+and every later sweep of the same model, stages and step budget (a power of two, so few
+values occur); the block is fixed at 64 starts, so the batch size does not recompile.
 
 Example:
     >>> thetas = jode.sweeping.grid(alpha=jnp.linspace(1, 2, 32), beta=jnp.linspace(0.5, 1.5, 32))
