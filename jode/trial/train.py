@@ -114,8 +114,9 @@ class TrainReport:
     check of the result away from the collocation points.
 
     Residuals are root-mean-square values of G (times `weight`, if one was given):
-    `start_residual` of the starting network and `train_residual` of the trained one on the
-    collocation points, `validation_residual` on `n_validation` points not used in training
+    `start_residual` the scale (the larger of the starting network's and that of ψ_t with all
+    weights zero, the conditions' function A alone) and `train_residual` of the trained one
+    on the collocation points, `validation_residual` on `n_validation` points not used in training
     (uniform random ones by default), `residual_ratio` = validation / train (≫ 1: the network
     fits the points but not the equation between them). `validation_error` is
     max |ψ_t − ψ_exact| over the validation points when `exact` was given (NaN otherwise).
@@ -354,7 +355,10 @@ def _fit(problem, network, xs, k_pts, weight, *, adam_steps, learning_rate, resa
         return float(_loss_jit(box["theta"], *args))
 
     box = {"theta": theta}
-    start_residual = _rms(_residuals_jit(theta, *args))
+    # The residual's scale: of the starting network, or of ψ_t with N ≡ 0 (all weights zero:
+    # the conditions' function A alone) when larger, as when continuing from a trained one.
+    scales = [_rms(_residuals_jit(t, *args)) for t in (theta, jnp.zeros_like(theta))]
+    start_residual = max([v for v in scales if np.isfinite(v)], default=float("nan"))
     start = time.perf_counter()
 
     # Stage 1: Adam.
