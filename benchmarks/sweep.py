@@ -7,9 +7,12 @@ y0, α, β, δ, γ), starts uniform in 0.5-1.5× the truth (NumPy seed 0), float
 - batched: `jode.sweeping.fit_sweep(loss, starts, stages)` (a pool of lanes that retire as
   their fit ends, inner solves capped at 4× the starts' solve steps);
 - looped: `jode.fit(loss, start, stages=..., progress=False, uncertainty=False)` for each
-  start in a Python loop (compiled once, at the first start).
+  start in a Python loop (compiled once, at the first start);
+- jitted loop: `jax.jit` of `jode.fitting.run_stages(loss, stages, θ0)` (one start, no
+  checks, no progress) called for each start in a Python loop: the least a loop can cost.
 
-Reported per batch size: the first call (compilation included) and the repeat (minimum of
+Reported per batch size: the first call (compilation included: at the first size; later
+sizes reuse the programs) and the repeat (minimum of
 `--repeats` calls, the two sides interleaved), the fraction of starts reaching the optimum
 (final loss within 1e-6 relative of the least loss any start found on either side), the
 largest relative difference between the two sides' estimates on starts both bring to the
@@ -67,17 +70,35 @@ def looped(loss, starts, stages):
     return time.perf_counter() - t, (np.array(params), np.array(losses))
 
 
+_JITTED = {}
+
+
+def jitted_loop(loss, starts, stages):
+    key = stages
+    if key not in _JITTED:
+        _JITTED[key] = jax.jit(lambda th, lo: F.run_stages(lo, stages, th))
+    one = _JITTED[key]
+    t = time.perf_counter()
+    out = [one(s, loss) for s in starts]
+    jax.block_until_ready(out)
+    return time.perf_counter() - t, (np.array([np.asarray(o[0]) for o in out]),
+                                     np.array([float(o[1]) for o in out]))
+
+
 def bench(n_starts, steps, repeats):
     loss, starts = problem(n_starts)
     stages = (F.LBFGS(steps=steps),)
     first_b, out_b = batched(loss, starts, stages)
     first_l, _ = looped(loss, starts[:1], stages)  # the compile, then the loop below
-    rep_b, rep_l = [], []
+    first_j, _ = jitted_loop(loss, starts[:1], stages)
+    rep_b, rep_l, rep_j = [], [], []
     for _ in range(repeats):
         t, out_b = batched(loss, starts, stages)
         rep_b.append(t)
         t, out_l = looped(loss, starts, stages)
         rep_l.append(t)
+        t, _ = jitted_loop(loss, starts, stages)
+        rep_j.append(t)
     (pb, lb), (pl, ll) = tuple(out_b), out_l
     best = min(np.nanmin(lb), np.nanmin(ll))
     reach_b = lb <= best * (1 + 1e-6)
@@ -88,6 +109,7 @@ def bench(n_starts, steps, repeats):
         starts=n_starts, steps=steps,
         batched_first_s=first_b, batched_repeat_s=min(rep_b),
         looped_first_s=first_l, looped_repeat_s=min(rep_l),
+        jitted_loop_first_s=first_j, jitted_loop_repeat_s=min(rep_j),
         batched_reached=float(reach_b.mean()), looped_reached=float(reach_l.mean()),
         max_rel_diff_both_reached=float(rel[both].max()) if both.any() else None,
         lockstep_iterations_per_lane=out_b.stats["lockstep_iterations_per_lane"],
@@ -113,12 +135,14 @@ def main():
         row = bench(n, args.steps, repeats)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print("\n| starts | batched first | batched repeat | looped first | looped repeat "
-          "| reached batched / looped | lock-step it./lane | mean it. |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| starts | batched first | batched repeat | jode.fit loop first | jode.fit loop "
+          "repeat | jitted loop first | jitted loop repeat | reached batched / looped "
+          "| lock-step it./lane | mean it. |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['starts']} | {r['batched_first_s']:.1f} s | {r['batched_repeat_s']:.2f} s"
               f" | {r['looped_first_s']:.1f} s | {r['looped_repeat_s']:.2f} s"
+              f" | {r['jitted_loop_first_s']:.1f} s | {r['jitted_loop_repeat_s']:.2f} s"
               f" | {r['batched_reached']:.3f} / {r['looped_reached']:.3f}"
               f" | {r['lockstep_iterations_per_lane']:.1f} | {r['mean_iterations']:.1f} |")
     print(f"load after: {os.getloadavg()}")
