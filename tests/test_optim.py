@@ -410,7 +410,8 @@ def test_defaults_himmelblau_grid_reaches_the_four_minima():
     assert float(jnp.max(res.value)) < 1e-12  # the minimum value is exactly 0
     dist = np.min(np.linalg.norm(np.asarray(res.params)[:, None] - HIMMELBLAU_MINIMIZERS,
                                  axis=-1), axis=1)
-    assert np.max(dist) < 1e-6 + 1e-6  # published minimizers are rounded to 1e-6
+    # The published minimizers are rounded to 6 decimals (up to 7.1e-7 off in distance).
+    assert np.max(dist) < 1e-6 + 7.1e-7
     found = np.argmin(np.linalg.norm(np.asarray(res.params)[:, None] - HIMMELBLAU_MINIMIZERS,
                                      axis=-1), axis=1)
     assert set(found.tolist()) == {0, 1, 2, 3}
