@@ -235,3 +235,23 @@ def test_digits_deq_reaches_97_percent():
         _, log = train_classifier(model, (x_train, y_train, x_test, y_test), epochs=20)
     assert log["test_accuracy"] >= 0.97
     assert log["test_converged"] == 1.0
+
+
+def test_tolerance_sweep_matches_one_solve_per_tolerance(tmp_path):
+    """The sweep passes the tolerance as an argument to one compiled solve; each point must
+    equal a separately built Tsit5 solve at that tolerance (NFE and predictions)."""
+    from jode_experiments import _neural_ode_digits as dg
+    from jode_experiments.neural_ode import tolerance_sweep
+
+    model = dg.make_odenet(jr.key(0), 4, solver=jode.RK4(), n_steps=2)
+    x = jr.uniform(jr.key(1), (16, 8, 8), jnp.result_type(float))
+    y = jnp.arange(16) % 10
+    tols = (1e-1, 1e-3)
+    out = tolerance_sweep(model, (None, None, x, y), tols, tmp_path, quick=True)
+    for tol, row in zip(tols, out["sweep"], strict=True):
+        ode = NeuralODE(model.block.ode.func, solver=jode.Tsit5(), rtol=tol, atol=tol)
+        sol = ode.solve(model.stem(x))
+        pred = jnp.argmax(model.head(sol.ys[-1]), -1)
+        assert row["nfe"] == int(sol.stats["nfev"])
+        assert row["accuracy"] == float(jnp.mean(pred == y))
+    assert out["sweep"][0]["nfe"] < out["sweep"][1]["nfe"]
