@@ -319,7 +319,7 @@ def run(out_dir: Path, quick: bool) -> dict:
         params, state, mse = reg_step(params, state)
     reg = eqx.combine(params, static)
     x_test = np.linspace(-1, 1, 41, dtype=np.float32)[:, None]
-    pred = np.asarray(jax.vmap(reg)(x_test)[0])
+    pred = np.asarray(eqx.filter_jit(lambda m, x: jax.vmap(m)(x)[0])(reg, x_test))
     metrics["linear"] = dict(
         train_mse=float(mse), test_max_error=float(np.max(np.abs(pred - 2 * x_test)))
     )
