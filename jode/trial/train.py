@@ -552,7 +552,26 @@ def train(
       square with ψ(x, 1) = sin πx: loss ≈ 2e-2 for most seeds with 10 units). More units
       and `restarts` escape it; `report.train_residual / report.start_residual` shows it.
 
-    DEFAULTS_TABLE
+    Measured over seeds 0-7 with the default steps (`python benchmarks/trial_defaults.py`;
+    success: max |ψ_t − ψ_exact| on a fine grid ≤ 1e-6 for the ODEs, ≤ 1e-5 for ∇²ψ = 0 on
+    the unit square with ψ(x, 1) = sin πx; "flagged": failed seeds a `TrialWarning` named):
+
+        problem (Lagaris et al.)    hidden  points            success  flagged  median error
+        Problem 1 (first order)     10      10                0/8      7 of 8   5.7e-6
+        Problem 1                   10      None (60)         8/8      –        1.9e-8
+        Problem 2 (first order)     10      10                2/8      5 of 6   1.9e-6
+        Problem 2                   10      None (60)         8/8      –        3.6e-9
+        Problem 3 (IVP, 2nd order)  10      10                5/8      3 of 3   8.4e-7
+        Problem 3 (IVP)             10      None (60)         8/8      –        1.5e-9
+        ∇²ψ = 0                     10      10x10 (= None)    1/8      6 of 7   1.9e-3
+        ∇²ψ = 0, restarts=3         10      10x10             6/8      1 of 2   6.3e-6
+        ∇²ψ = 0                     20      10x10             0/8      7 of 8   1.3e-4
+        ∇²ψ = 0                     20      None (13x13)      6/8      1 of 2   1.5e-6
+
+    Hence `points=None` (the grid with two points per weight) and the paper's 10 units (20
+    units help the Laplace problem only with the larger grid, at ~2.5x the time); `restarts`
+    stays 1 because it multiplies the cost, and the plateau warning says when to raise it
+    (restarts=3 took the Laplace problem from 1/8 to 6/8).
     """
     key = jr.key(0) if key is None else key
     if isinstance(restarts, bool) or not isinstance(restarts, int | np.integer) or restarts < 1:
