@@ -63,7 +63,14 @@ def steady_state(quick):
 
         jode_run = jax.jit(
             lambda x: optim.minimize_by_flow(
-                lambda p, a: fn(p), x, rtol=rtol, atol=atol, gtol=gtol, max_steps=20000
+                lambda p, a: fn(p),
+                x,
+                solver=jode.Tsit5(),
+                error_scale="params",
+                rtol=rtol,
+                atol=atol,
+                gtol=gtol,
+                max_steps=20000,
             )
         )
         first, best = timeit(jode_run, x0)
@@ -155,7 +162,12 @@ def step_cost(quick):
             dict(rtol=0.1, atol=0.01, solver=optim.EulerHeun(), controller=exp.PI_CONTROLLER),
         ),
         ("gradient_flow Bosh3", "flow", None, dict(rtol=1e-3, atol=1e-4, solver=jode.Bosh3())),
-        ("gradient_flow Tsit5", "flow", None, dict(rtol=1e-3, atol=1e-4)),
+        (
+            "gradient_flow Tsit5",
+            "flow",
+            None,
+            dict(rtol=1e-3, atol=1e-4, solver=jode.Tsit5(), error_scale="params"),
+        ),
         (
             "gradient_flow Chebyshev(10)",
             "flow",
