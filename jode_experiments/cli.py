@@ -1,4 +1,4 @@
-"""The `jode` command: `jode reproduce [NAME ...] [--quick]`, `jode list`."""
+"""The `jode` command: `jode reproduce [NAME ...] [--quick]`, `jode summary`, `jode list`."""
 
 from __future__ import annotations
 
@@ -143,9 +143,26 @@ def reproduce(names: list[str], quick: bool, results: Path) -> dict:
             + (f"\nexperiment modules that failed to import:{broken}" if broken else "")
         )
     summary = {}
-    for name in names or list(experiments):
-        summary[name] = run_target(name, experiments[name], quick, results)
+    try:
+        for name in names or list(experiments):
+            summary[name] = run_target(name, experiments[name], quick, results)
+    finally:
+        # Also after a failed or interrupted target: the summary covers every target
+        # folder present, and those that completed are worth a table.
+        _write_summary(results)
     return summary
+
+
+def _write_summary(results: Path) -> None:
+    from jode_experiments.summary import write_summary
+
+    try:
+        path = write_summary(results)
+    except Exception as exc:  # a summary must never hide the targets' own outcome
+        print(f"[jode] could not write {results / 'summary.md'}: {type(exc).__name__}: {exc}",
+              file=sys.stderr, flush=True)
+    else:
+        print(f"[jode] summary of every target in {results}: {path}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,8 +172,16 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("names", nargs="*", help="experiments to run (default: all)")
     rep.add_argument("--quick", action="store_true", help="small, fast configurations")
     rep.add_argument("--results", type=Path, default=Path("results"), help="output folder")
+    summ = sub.add_parser("summary", help="(re)write results/summary.md from the metrics.json "
+                          "files present, without running anything")
+    summ.add_argument("--results", type=Path, default=Path("results"), help="results folder")
     sub.add_parser("list", help="list the experiments")
     ns = parser.parse_args(argv)
+    if ns.command == "summary":
+        from jode_experiments.summary import write_summary
+
+        print(write_summary(ns.results))
+        return 0
     if ns.command == "list":
         from jode_experiments import TARGETS
 

@@ -60,8 +60,8 @@ def test_complete_run_writes_folder_and_metrics(tmp_path, fake_targets):
     ]
     assert sorted(p.name for p in (tmp_path / "fake").iterdir()) == [
         "metrics.json", "part0.txt", "part1.txt", "part2.txt"]
-    # No temporary folders left beside it.
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["fake"]
+    # No temporary folders left beside it; the summary of every target present.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fake", "summary.md"]
     # Permissions as for any folder this process creates (not the temporary folder's 0o700).
     umask = os.umask(0)
     os.umask(umask)
