@@ -435,14 +435,13 @@ def test_underdetermined_and_wrong_arity_are_named_errors():
 def test_levenberg_marquardt_stall_rule():
     """One flat chunk (λ growing after rejected steps) does not end the stage; LM_PATIENCE
     chunks that together improve the loss by less than LM_RTOL do."""
-    from jode.trial.train import LM_PATIENCE, _run_stage
+    from jode._training import run_chunks
+    from jode.trial.train import LM_PATIENCE, _rules
 
     def run(values):
-        it = iter(values)
-        box = {}
-        done, status = _run_stage("lm", 100 * len(values), 100, lambda: box.update(v=next(it)),
-                                  lambda: box["v"], 0.0, False, True)
-        return done // 100, status
+        out = run_chunks(lambda i: i + 1, -1, total=100 * len(values), chunk=100,
+                         loss_of=lambda i: values[i], stop=_rules(0.0, stall=True))
+        return out.steps // 100, out.status
 
     # Flat, then progress again: runs to the budget.
     assert run([1.0, 1.0, 0.5, 0.5, 0.2, 0.1]) == (6, jode.RESULTS.MAX_STEPS)

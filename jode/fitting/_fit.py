@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._training import Progress, run_chunks
 from . import checkpoint as ckpt
 from .stages import LBFGS, Adam, FitStatus, init_state, run_chunk
 from .strategies import GrowingWindows, MultipleShooting, Phase
@@ -140,20 +141,18 @@ def _check_resumed(path, state, stage):
         )
 
 
-def _progress(total, enabled, desc):
-    if not enabled:
+def _steps(state) -> int:
+    """Iterations a stage state has done (a batch's: the most of any start)."""
+    return int(np.max(np.asarray(state.step)))
+
+
+def _stopped(state) -> FitStatus | None:
+    """None while any start runs; then the stage's status (a batch's first start's: `fit`
+    reads every start's from the state)."""
+    status = np.asarray(state.status)
+    if np.any(status == FitStatus.RUNNING):
         return None
-    from tqdm.auto import tqdm
-
-    # smoothing=0: the rate is (n - initial) / (now - start_t), which `_exclude_from_rate`
-    # corrects for the compiling chunks.
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, smoothing=0)
-
-
-def _exclude_from_rate(bar, seconds: float, steps: int) -> None:
-    """Leave a chunk that compiled (a phase's first) out of the bar's rate and ETA."""
-    bar.start_t += seconds
-    bar.initial += steps
+    return FitStatus(int(status.reshape(-1)[0]))
 
 
 def _compiled(stage, chunk: int, batched: bool):
@@ -273,18 +272,17 @@ def fit(
         _check_resumed(checkpoint, resumed_state, phases[first_phase].stage)
         history = list(history)
 
-    total = sum(p.stage.steps for p in phases)
     done_before = sum(p.stage.steps for p in phases[:first_phase])
-    bar = _progress(total, progress, "fit")
-    if bar is not None:
-        bar.update(done_before)
+    bar = Progress(sum(p.stage.steps for p in phases), "fit", progress)
+    bar.skip(done_before)
     theta = theta0
     phase_ends, statuses = [], []
     if first_phase:
         phase_ends = list(np.cumsum([len(h) for h in history[:first_phase]]))
     for k in range(first_phase, len(phases)):
         phase = phases[k]
-        phase_start = time.perf_counter()
+        # The phase's first chunk (and init_fn) compile: `begin` leaves them out of the rate.
+        bar.begin(f"fit [{phase.label}, {type(phase.stage).__name__}]")
         init_fn, chunk_fn = compiled(phase)
         aux = jnp.asarray(phase.t_end, jnp.result_type(float))
         if k == first_phase and resumed_state is not None:
@@ -293,36 +291,31 @@ def fit(
         else:
             state = init_fn(phase.stage, phase.loss, params_for(k, theta), aux)
             hist = []
-        if bar is not None:
-            bar.set_description(f"fit [{phase.label}, {type(phase.stage).__name__}]")
-        first_chunk = True  # compiles this phase's programs (with init_fn above)
-        while True:
-            steps_before = int(np.max(np.asarray(state.step)))
-            if np.all(np.asarray(state.status) != FitStatus.RUNNING):
-                break
-            state, values = chunk_fn(phase.stage, phase.loss, state, aux)
-            values = np.asarray(values)
-            steps_now = int(np.max(np.asarray(state.step)))
-            taken = steps_now - steps_before
+
+        def step(run, phase=phase, chunk_fn=chunk_fn, aux=aux):
+            return chunk_fn(phase.stage, phase.loss, run[0], aux)  # (state, values)
+
+        def record(run, done, taken, k=k, hist=hist):
+            values = np.asarray(run[1])
             hist.extend(list(values.T[:taken] if batched else values[:taken]))
-            if bar is not None:
-                bar.update(taken)
-                if first_chunk:
-                    _exclude_from_rate(bar, time.perf_counter() - phase_start, taken)
-                first_chunk = False
-                best = float(np.nanmin(np.asarray(state.value)))
-                bar.set_postfix(loss=f"{best:.4g}", step=steps_now)
             if checkpoint is not None:
-                ckpt.save(checkpoint, k, state, history + [np.asarray(hist)], fingerprint)
-        if bar is not None:
-            bar.update(phase.stage.steps - int(np.max(np.asarray(state.step))))
+                ckpt.save(checkpoint, k, run[0], history + [np.asarray(hist)], fingerprint)
+
+        bar.skip(_steps(state))  # resumed within this phase
+        run = run_chunks(
+            step, (state, None), total=phase.stage.steps, chunk=chunk, progress=bar,
+            loss_of=lambda run: np.fmin.reduce(np.asarray(run[0].value).reshape(-1)),  # best
+            steps_of=lambda run: _steps(run[0]), reported=lambda run: _stopped(run[0]),
+            on_chunk=record, done=_steps(state),
+        )
+        state = run.state[0]
+        bar.skip(phase.stage.steps - _steps(state))  # the budget a converged stage left
         history.append(np.asarray(hist))
         phase_ends.append(int(sum(len(h) for h in history)))
         statuses.append(np.asarray(state.status))
         theta = jax.vmap(phase.loss.extract)(state.params) if batched else \
             phase.loss.extract(state.params)
-    if bar is not None:
-        bar.close()
+    bar.close()
 
     # The final loss of every start, on the whole span: the last phase's (already compiled)
     # init evaluates it, so no separate program of the loss is compiled.

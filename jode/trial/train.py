@@ -32,6 +32,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from .._results import RESULTS
+from .._training import nonfinite, reached, run_chunks, stalled
 from .problem import Problem, TrialSolution, sigmoid_mlp
 
 
@@ -154,16 +155,6 @@ class TrainReport:
         return dataclasses.asdict(self)
 
 
-def _progress(total, desc, enabled):
-    if not enabled or total == 0:
-        return None
-    from tqdm.auto import tqdm
-
-    # smoothing=0: the rate is (n - initial) / (now - start_t); `_run_stage` moves both past
-    # the first (compiling) chunk, so the ETA is the compiled chunks' rate.
-    return tqdm(total=total, desc=desc, leave=False, smoothing=0)
-
-
 def _strong(tree):
     # Drop weak types from a freshly initialized optimizer state, so that the compiled
     # chunk sees the same types on its first call as on later ones (one compilation).
@@ -269,42 +260,12 @@ def _lm_chunk(theta, lam, nu, xs, template, static, problem, weight, chunk):
     return jax.lax.scan(body, (theta, lam, nu), None, length=chunk)[0]
 
 
-def _run_stage(name, steps, chunk, step_fn, loss_fn, tol, progress, stall_stop):
-    """Run a stage in chunks; returns (steps done, RESULTS member).
-
-    With `stall_stop`, stop once the best loss of the last `LM_PATIENCE` chunks is not
-    `LM_RTOL` (relatively) below the best before them: one flat chunk (λ growing after
-    rejected steps) does not end the stage, a run of them does.
-    """
-    bar = _progress(steps, name, progress)
-    done, history = 0, []
-    status = RESULTS.MAX_STEPS if steps > 0 else RESULTS.SUCCESS
-    start = time.perf_counter()
-    while done < steps:
-        step_fn()
-        done += chunk
-        value = loss_fn()
-        history.append(value)
-        if bar is not None:
-            bar.update(chunk)
-            if done == chunk:  # the first chunk compiled: leave it out of the rate and ETA
-                bar.start_t += time.perf_counter() - start
-                bar.initial += chunk
-            bar.set_postfix(loss=f"{value:.2e}")
-        if not np.isfinite(value):
-            status = RESULTS.NONFINITE
-            break
-        if value <= tol:
-            status = RESULTS.CONVERGED
-            break
-        if stall_stop and len(history) > LM_PATIENCE:
-            before = min(history[:-LM_PATIENCE])
-            if min(history[-LM_PATIENCE:]) > (1 - LM_RTOL) * before:
-                status = RESULTS.CONVERGED
-                break
-    if bar is not None:
-        bar.close()
-    return done, status
+def _rules(tol, stall=False):
+    """A stage's stopping rules: a non-finite loss, the loss at `tol`, and (the
+    Levenberg-Marquardt stage) a stall: less than `LM_RTOL` relative progress over
+    `LM_PATIENCE` chunks, so one flat chunk (λ growing after rejected steps) does not end it."""
+    rules = (nonfinite, reached(tol))
+    return rules + (stalled(LM_RTOL, LM_PATIENCE),) if stall else rules
 
 
 def default_points(problem: Problem, n_params: int) -> int:
@@ -351,65 +312,52 @@ def _fit(problem, network, xs, k_pts, weight, *, adam_steps, learning_rate, resa
     theta, unravel = ravel_pytree(params)
     args = (xs, params, static, problem, weight)
 
-    def loss_now():
-        return float(_loss_jit(box["theta"], *args))
+    def loss_at(theta):
+        return float(_loss_jit(theta, *args))
 
-    box = {"theta": theta}
     # The residual's scale: of the starting network, or of ψ_t with N ≡ 0 (all weights zero:
     # the conditions' function A alone) when larger, as when continuing from a trained one.
     scales = [_rms(_residuals_jit(t, *args)) for t in (theta, jnp.zeros_like(theta))]
     start_residual = max([v for v in scales if np.isfinite(v)], default=float("nan"))
     start = time.perf_counter()
 
-    # Stage 1: Adam.
-    chunk_a = min(chunk, max(adam_steps, 1))
+    def stage(name, steps, step, state, rules):
+        c = min(chunk, max(steps, 1))
+        # A stage's state is a tuple whose first entry is θ.
+        return run_chunks(lambda s: step(s, c), state, total=steps, chunk=c,
+                          loss_of=lambda s: loss_at(s[0]), stop=rules, progress=progress,
+                          desc=name)
+
+    # Stage 1: Adam, on (θ, optimizer state, key).
+    def adam_step(s, c):
+        return _adam_chunk(*s, *args, learning_rate, adam_steps, resample, c)[:3]
+
     adam_state = _strong(_adam(learning_rate, adam_steps).init(theta))
-    carry = {"state": adam_state, "key": k_pts}
+    run = stage("adam", adam_steps, adam_step, (theta, adam_state, k_pts), _rules(-1.0))
+    theta, n_adam, status = run.state[0], run.steps, run.status
+    loss_adam = loss_at(theta)
 
-    def adam_step():
-        box["theta"], carry["state"], carry["key"], _ = _adam_chunk(
-            box["theta"], carry["state"], carry["key"], xs, params, static, problem, weight,
-            learning_rate, adam_steps, resample, chunk_a)
-
-    n_adam, status = _run_stage("adam", adam_steps, chunk_a, adam_step, loss_now, -1.0,
-                                progress, False)
-    loss_adam = loss_now()
-
-    # Stage 2: L-BFGS.
+    # Stage 2: L-BFGS, on (θ, optimizer state).
     n_lbfgs = 0
     if np.isfinite(loss_adam):
-        chunk_l = min(chunk, max(lbfgs_steps, 1))
-        carry["lbfgs"] = _strong(optax.lbfgs().init(box["theta"]))
-
-        def lbfgs_step():
-            box["theta"], carry["lbfgs"] = _lbfgs_chunk(box["theta"], carry["lbfgs"], *args,
-                                                        chunk_l)
-
-        n_lbfgs, st = _run_stage("l-bfgs", lbfgs_steps, chunk_l, lbfgs_step, loss_now, tol,
-                                 progress, False)
-        status = st if lbfgs_steps > 0 else status
-    loss_lbfgs = loss_now()
+        run = stage("l-bfgs", lbfgs_steps, lambda s, c: _lbfgs_chunk(*s, *args, c),
+                    (theta, _strong(optax.lbfgs().init(theta))), _rules(tol))
+        theta, n_lbfgs = run.state[0], run.steps
+        status = run.status if lbfgs_steps > 0 else status
+    loss_lbfgs = loss_at(theta)
     if loss_lbfgs <= tol:
         status = RESULTS.CONVERGED
 
-    # Stage 3: Levenberg-Marquardt.
-    n_lm = 0
+    # Stage 3: Levenberg-Marquardt, on (θ, damping λ, its growth factor ν).
+    n_lm, lam = 0, float("nan")
     if lm_steps > 0 and loss_lbfgs > tol and np.isfinite(loss_lbfgs):
-        chunk_m = min(chunk, lm_steps)
-        dtype_t = theta.dtype
-        carry["lm"] = (jnp.asarray(lm_damping, dtype_t), jnp.asarray(2.0, dtype_t))
-
-        def lm_step():
-            box["theta"], lam, nu = _lm_chunk(box["theta"], *carry["lm"], *args, chunk_m)
-            carry["lm"] = (lam, nu)
-
-        n_lm, status = _run_stage("levenberg-marquardt", lm_steps, chunk_m, lm_step, loss_now,
-                                  tol, progress, True)
+        start_lm = (theta, jnp.asarray(lm_damping, theta.dtype), jnp.asarray(2.0, theta.dtype))
+        run = stage("levenberg-marquardt", lm_steps, lambda s, c: _lm_chunk(*s, *args, c),
+                    start_lm, _rules(tol, stall=True))
+        (theta, lam, _), n_lm, status = run.state, run.steps, run.status
+        lam = float(lam)
     if not np.isfinite(loss_adam) or not np.isfinite(loss_lbfgs):
         status = RESULTS.NONFINITE
-    if status == RESULTS.SUCCESS:  # no step at all
-        status = RESULTS.MAX_STEPS
-    theta = box["theta"]
     r = _residuals_jit(theta, *args)
     out = dict(
         loss=float(jnp.mean(r**2)),
@@ -422,7 +370,7 @@ def _fit(problem, network, xs, k_pts, weight, *, adam_steps, learning_rate, resa
         n_params=int(theta.size),
         n_points=int(xs.shape[0]),
         time_s=time.perf_counter() - start,
-        lm_damping=float(carry["lm"][0]) if "lm" in carry else float("nan"),
+        lm_damping=lam,
         start_residual=start_residual,
         train_residual=_rms(r),
         status=RESULTS(int(status)),
