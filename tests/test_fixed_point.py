@@ -300,3 +300,64 @@ def test_warm_start_near_a_large_fixed_point_converges(dtype):
                        jnp.asarray(2.0, dtype), throw=False)
     assert int(sol.status) == FixedPointStatus.CONVERGED
     np.testing.assert_allclose(np.asarray(sol.value), 100.0, atol=2e-6 + 1e3 * eps)
+
+
+# A stiff linear steady state: y' = λ (y - 1) with λ from -1 to -1e4, steady state y* = 1.
+STIFF_RATES = jnp.logspace(0, 4, 6)
+
+
+def _stiff_field(t, y, rates):
+    return -rates * (y - 1.0)
+
+
+def test_explicit_steady_state_on_a_stiff_flow_says_so_and_names_kvaerno5():
+    sol = steady_state(_stiff_field, jnp.zeros(6), STIFF_RATES, throw=False)
+    assert int(sol.status) == FixedPointStatus.MAX_STEPS  # the status vocabulary stays
+    assert bool(sol.stiff)
+    # Tsit5's step sits at its stability limit on the negative real axis (h|λ| = 3.51).
+    assert 2.5 <= float(sol.stiffness) <= 3.6
+    message = sol.message
+    assert "stiff" in message and "jode.SteadyState(jode.Kvaerno5())" in message
+    assert f"h·ρ ≈ {float(sol.stiffness):.1f}" in message
+    with pytest.raises(Exception, match=r"stiff.*h·ρ ≈ 3\.\d.*SteadyState\(jode\.Kvaerno5\(\)\)"):
+        steady_state(_stiff_field, jnp.zeros(6), STIFF_RATES)
+
+
+def test_kvaerno5_route_reaches_the_stiff_steady_state():
+    import jode
+
+    sol = steady_state(_stiff_field, jnp.zeros(6), STIFF_RATES,
+                       solver=SteadyState(jode.Kvaerno5()))  # throw=True: must converge
+    assert int(sol.status) == FixedPointStatus.CONVERGED
+    assert not bool(sol.stiff) and np.isnan(float(sol.stiffness))
+    # |F| = λ |y - 1| <= atol + rtol r(y0), r(y0) = 1e4: so |y - 1| <= 1.001e-2 / λ.
+    threshold = 1e-6 + 1e-6 * 1e4
+    assert float(sol.residual) <= threshold
+    np.testing.assert_array_less(np.abs(np.asarray(sol.value) - 1.0),
+                                 threshold / np.asarray(STIFF_RATES))
+
+
+def test_barely_contractive_steady_state_keeps_its_max_steps_message():
+    # z = 0.9999 z + 1 (z* = 1e4): the flow z' = 1 - 1e-4 z is slow, not stiff.
+    f = lambda z, a: 0.9999 * z + 1.0  # noqa: E731
+    sol = fixed_point(f, jnp.zeros(3), solver=SteadyState(), max_steps=10, throw=False)
+    assert int(sol.status) == FixedPointStatus.MAX_STEPS
+    assert not bool(sol.stiff)
+    assert float(sol.stiffness) < 0.5  # estimated (it stopped short), far below the limit
+    assert "stiff" not in sol.message and "raise it" in sol.message
+    with pytest.raises(Exception, match="barely contractive") as info:
+        fixed_point(f, jnp.zeros(3), solver=SteadyState(), max_steps=10)
+    assert "stiff" not in str(info.value)
+
+
+def test_stiffness_flags_are_per_lane_under_vmap_and_jit():
+    @jax.jit
+    @jax.vmap
+    def solve(rates):
+        return steady_state(_stiff_field, jnp.zeros(6), rates, max_steps=10, throw=False)
+
+    sol = solve(jnp.stack([STIFF_RATES, jnp.ones(6)]))
+    # Both lanes run out of steps; only the stiff one is at the stability limit.
+    assert sol.status.tolist() == [FixedPointStatus.MAX_STEPS] * 2
+    assert sol.stiff.tolist() == [True, False]
+    assert float(sol.stiffness[0]) >= 1.0 > 0.5 > float(sol.stiffness[1])

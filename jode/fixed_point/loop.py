@@ -30,6 +30,8 @@ class RawResult(NamedTuple):
     nfev: jax.Array
     residual: jax.Array
     residuals: jax.Array | None
+    stiff: jax.Array  # an explicit SteadyState stopped short on a stiff flow
+    stiffness: jax.Array  # its h·ρ estimate (NaN where not estimated)
 
 
 class _Carry(NamedTuple):
@@ -106,5 +108,6 @@ def iterate(solver, fn, z0, *, rtol, atol, max_steps, divergence_ratio, trace) -
     status = jnp.where(final.status == RUNNING, RESULTS.MAX_STEPS, final.status)
     return RawResult(
         z=final.z, status=status.astype(jnp.int32), steps=final.steps, nfev=final.nfev,
-        residual=final.residual, residuals=final.residuals,
+        residual=final.residual, residuals=final.residuals, stiff=jnp.zeros((), bool),
+        stiffness=jnp.full((), jnp.nan, dtype),
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -34,9 +36,56 @@ _HINTS = {
 }
 
 
-def status_messages() -> list[str]:
-    """Messages for `eqx.branched_error_if`, indexed by `RESULTS` value."""
-    return _status_messages("jode.fixed_point", _HINTS)
+def stiff_hint(status, h_rho: str) -> str:
+    """Why an explicit `SteadyState` stopped short on a stiff flow, and the fix.
+
+    `h_rho` is the estimate as text with its relation, e.g. "≈ 3.5" or "≥ 10".
+    """
+    stop = (
+        "the step size underflowed" if status == RESULTS.DT_UNDERFLOW
+        else "max_steps ran out; more steps would only crawl on"
+    )
+    return (
+        "the steady-state flow is stiff: the explicit ODE solver's mean step h times the "
+        f"spectral radius ρ of the Jacobian at the last iterate is h·ρ {h_rho}, near the "
+        "method's stability limit, while the slow modes have barely decayed, so "
+        f"{stop}. Use an implicit solver: solver=jode.SteadyState(jode.Kvaerno5()), "
+        "or jode.Newton()"
+    )
+
+
+def _format_h_rho(h_rho: float) -> str:
+    return f"≈ {h_rho:.1f}" if h_rho < 10 else f"≈ {h_rho:.3g}"
+
+
+#: The h·ρ a raised error can name: 1.0, 1.1, ..., 9.9 and "≥ 10" (the messages of
+#: `eqx.branched_error_if` are fixed strings, so the estimate is rounded to a bucket).
+_BUCKETS = [f"≈ {k / 10:.1f}" for k in range(10, 100)] + ["≥ 10"]
+_STIFF_STATUSES = (RESULTS.MAX_STEPS, RESULTS.DT_UNDERFLOW)
+
+
+@functools.cache
+def status_messages() -> tuple[str, ...]:
+    """Messages for `eqx.branched_error_if`, indexed by `error_index`.
+
+    The first `len(RESULTS)` are indexed by `RESULTS` value; after them come the stiff
+    messages, per stopping status and h·ρ bucket.
+    """
+    messages = _status_messages("jode.fixed_point", _HINTS)
+    for status in _STIFF_STATUSES:
+        messages += [
+            f"jode.fixed_point failed: {stiff_hint(status, b)}. Pass throw=False to get the "
+            "result (its `stiffness` holds h·ρ)"
+            for b in _BUCKETS
+        ]
+    return tuple(messages)
+
+
+def error_index(status, stiff, stiffness) -> jax.Array:
+    """The index into `status_messages()`: the status, or its stiff message when stiff."""
+    bucket = jnp.clip(jnp.round(jnp.nan_to_num(stiffness) * 10), 10, 100).astype(jnp.int32)
+    offset = len(RESULTS) + jnp.where(status == RESULTS.DT_UNDERFLOW, len(_BUCKETS), 0)
+    return jnp.where(stiff, offset + bucket - 10, status).astype(jnp.int32)
 
 
 class FixedPointSolution(eqx.Module):
@@ -54,6 +103,13 @@ class FixedPointSolution(eqx.Module):
         residual: the final residual max|f(z*) - z*|.
         residuals: the residual max|f(z_k) - z_k| for k = 0 .. max_steps (NaN beyond
             `steps`: never reached), or None with `trace=False`.
+        stiff: bool array: an explicit `SteadyState` stopped short (MAX_STEPS or
+            DT_UNDERFLOW; the status stays) because the flow is stiff, so that an
+            implicit ODE solver is the fix (`ode_route.detect_stiffness`); False for every
+            other outcome and solver.
+        stiffness: the estimate h·ρ behind `stiff` (mean accepted step times the spectral
+            radius of the flow's Jacobian at `value`), computed only where an explicit
+            `SteadyState` stopped short; NaN elsewhere.
     """
 
     value: object
@@ -62,6 +118,8 @@ class FixedPointSolution(eqx.Module):
     nfev: jax.Array
     residual: jax.Array
     residuals: jax.Array | None = None
+    stiff: jax.Array | None = None
+    stiffness: jax.Array | None = None
 
     @property
     def converged(self) -> jax.Array:
@@ -69,8 +127,11 @@ class FixedPointSolution(eqx.Module):
 
     @property
     def message(self) -> str:
-        """The status message (for an unbatched, concrete result)."""
-        return RESULTS(int(self.status)).message
+        """The status message (for an unbatched, concrete result); a stiff stop says so."""
+        status = RESULTS(int(self.status))
+        if self.stiff is not None and bool(self.stiff):
+            return stiff_hint(status, _format_h_rho(float(self.stiffness)))
+        return status.message
 
 
 def max_norm(x: jax.Array) -> jax.Array:

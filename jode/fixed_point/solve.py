@@ -14,7 +14,7 @@ from .._jit import cached, check_fixed_point
 from .._results import RESULTS
 from ..ode.checks import _concrete, check_y0
 from .implicit import ImplicitAdjoint, floats_to_arrays, solve_implicit
-from .result import FixedPointSolution, status_messages
+from .result import FixedPointSolution, error_index, status_messages
 from .solvers import AbstractFixedPointSolver, Anderson
 
 
@@ -117,7 +117,10 @@ def fixed_point(
             `vmap` to get per-element statuses without an error).
 
     Returns:
-        A `FixedPointSolution` (value, status, steps, nfev, residual, residuals).
+        A `FixedPointSolution` (value, status, steps, nfev, residual, residuals, and
+        stiff / stiffness: whether an explicit `SteadyState` stopped short on a stiff flow,
+        with its h·ρ estimate; then its message and the raised error name an implicit
+        solver).
 
     Raises:
         ValueError: on bad input, before tracing: f returning another structure than z0,
@@ -148,11 +151,13 @@ def fixed_point(
     raw = solve_implicit((closed, args), z_flat, solver, adjoint, unravel, cfg)
     sol = FixedPointSolution(
         value=unravel(raw.z), status=raw.status, steps=raw.steps, nfev=raw.nfev,
-        residual=raw.residual, residuals=raw.residuals,
+        residual=raw.residual, residuals=raw.residuals, stiff=raw.stiff,
+        stiffness=raw.stiffness,
     )
     if throw:
         status = jax.lax.stop_gradient(raw.status)
-        sol = eqx.branched_error_if(sol, status != RESULTS.CONVERGED, status, status_messages())
+        index = error_index(status, raw.stiff, jax.lax.stop_gradient(raw.stiffness))
+        sol = eqx.branched_error_if(sol, status != RESULTS.CONVERGED, index, status_messages())
     return sol
 
 
