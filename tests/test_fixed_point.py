@@ -8,6 +8,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 
+import jode
 from jode.fixed_point import (
     Anderson,
     Broyden,
@@ -361,3 +362,19 @@ def test_stiffness_flags_are_per_lane_under_vmap_and_jit():
     assert sol.status.tolist() == [FixedPointStatus.MAX_STEPS] * 2
     assert sol.stiff.tolist() == [True, False]
     assert float(sol.stiffness[0]) >= 1.0 > 0.5 > float(sol.stiffness[1])
+
+
+def test_implicit_steady_state_at_a_tight_absolute_tolerance():
+    # rtol = 0: the ODE route's relative tolerance comes out at ~1e-15; Kvaerno5's tolerance
+    # calibration must not push it below rounding (it stalled at max_steps with error 0.84).
+    lam = -jnp.logspace(0, 4, 6)
+    sol = jode.steady_state(
+        lambda t, y, a: lam * (y - 1.0),
+        jnp.zeros(6),
+        solver=jode.SteadyState(jode.Kvaerno5()),
+        rtol=0.0,
+        atol=1e-10,
+        max_steps=2000,
+    )
+    assert int(sol.status) == jode.RESULTS.CONVERGED
+    assert float(jnp.max(jnp.abs(sol.value - 1.0))) <= 1e-10

@@ -42,7 +42,10 @@ direction (radau5.f: rtol' = 0.1 rtol^(2/3)): an ESDIRK with calibration exponen
 controls its steps at rtol/F and atol/F with F = rtol^(-c) (the error estimate is
 multiplied by F); c = 1/(q-1) makes the global error proportional to rtol. Kvaerno5 uses
 c = 1/4 (q = 5). Newton's stopping test uses the same internal tolerance, so that the
-stage iteration error stays below the controlled local error.
+stage iteration error stays below the controlled local error. F is capped so that rtol/F
+stays at or above 100 ε (RADAU5 likewise refuses rtol <= 10 ε): below that the controlled
+error is rounding, steps shrink without gaining accuracy and Newton's test cannot be met
+(a steady state sought with rtol 1e-15, atol 1e-11 stalled at max_steps with F = 5.6e3).
 """
 
 from __future__ import annotations
@@ -237,12 +240,14 @@ class AbstractESDIRK(_ImplicitBase):
         return float(self.default_tolerance_exponent)
 
     def tolerance_boost(self, rtol):
-        """F = rtol^(-c) (1 where rtol is 0): the factor the error estimate is scaled by."""
+        """F = min(rtol^(-c), max(1, rtol / 100ε)) (1 where rtol is 0): the factor the error
+        estimate is scaled by, capped so that rtol/F >= 100 ε."""
         c = self.calibration
         if c == 0:
             return jnp.ones_like(rtol)
         safe = jnp.where(rtol > 0, jnp.minimum(rtol, 1.0), 1.0)
-        return safe ** (-c)
+        eps = jnp.finfo(jnp.result_type(safe, float)).eps
+        return jnp.minimum(safe ** (-c), jnp.maximum(1.0, safe / (100 * eps)))
 
     @property
     def f_evals_per_step(self) -> int:
