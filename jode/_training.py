@@ -85,9 +85,13 @@ class Progress:
         total: steps of the whole bar.
         desc: its label.
         enabled: False makes every method a no-op (no tqdm import).
+        compiled: the step was compiled ahead (e.g. `jit(...).lower(...).compile()`): no
+            chunk is left out of the rate.
     """
 
-    def __init__(self, total: int, desc: str = "", enabled: bool = True):
+    def __init__(self, total: int, desc: str = "", enabled: bool = True,
+                 compiled: bool = False):
+        self.compiled = compiled
         self.bar = None
         if enabled and total > 0:
             from tqdm.auto import tqdm
@@ -98,7 +102,7 @@ class Progress:
 
     def begin(self, desc: str | None = None) -> None:
         """Start a run (optionally relabelled): its first `advance` is left out of the rate."""
-        self._compiling = True
+        self._compiling = not self.compiled
         self._since = _clock()
         if self.bar is not None and desc is not None:
             self.bar.set_description(desc)

@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
+from jode._training import Progress, run_chunks
 from jode.nn.neural_ode import ConvField, NeuralODE, ODEBlock, _conv_init, conv3x3, group_norm
 
 
@@ -158,9 +158,9 @@ def train_classifier(
     history["step_memory_bytes"] = step_memory_bytes(compiled)
     history["compile_time_s"] = time.perf_counter() - start
     step = compiled
-    start = time.perf_counter()
-    # Compiled above: every epoch costs the same, so a plain bar's ETA is right.
-    for epoch in tqdm(range(epochs), desc=desc, leave=False, disable=not progress):
+
+    def epoch(run):  # one epoch on a fresh permutation: (model, state, key, mean loss)
+        model, state, key, _ = run
         perm = rng.permutation(len(x_tr))
         losses = []
         for i in range(steps_per_epoch):
@@ -168,11 +168,23 @@ def train_classifier(
             key, sub = jr.split(key)
             model, state, loss = step(model, state, x_tr[idx], y_tr[idx], sub)
             losses.append(loss)
-        history["loss"].append(float(jnp.mean(jnp.stack(losses))))
-        if eval_every and (epoch + 1) % eval_every == 0:
-            history["epoch_test_acc"].append((epoch + 1, accuracy(model, x_te, y_te)))
+        return model, state, key, float(jnp.mean(jnp.stack(losses)))
+
+    def after(run, done, taken):
+        n = done // steps_per_epoch  # epochs done
+        history["loss"].append(run[3])
+        if eval_every and n % eval_every == 0:
+            history["epoch_test_acc"].append((n, accuracy(run[0], x_te, y_te)))
         if log is not None:
-            log(epoch, history)
+            log(n - 1, history)
+
+    start = time.perf_counter()
+    # Compiled above: no epoch is left out of the bar's rate.
+    bar = Progress(epochs * steps_per_epoch, desc, progress, compiled=True)
+    model = run_chunks(epoch, (model, state, key, None), total=epochs * steps_per_epoch,
+                       chunk=steps_per_epoch, loss_of=lambda run: run[3], progress=bar,
+                       on_chunk=after).state[0]
+    bar.close()
     history["train_time_s"] = time.perf_counter() - start
     return model, history
 

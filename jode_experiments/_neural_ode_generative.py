@@ -11,12 +11,12 @@ import jax.numpy as jnp
 import jax.random as jr
 import optax
 
+from jode._training import run_chunks
 from jode.nn.cnf import CNF, gaussian_baseline
 from jode.nn.latent import LatentODE, RNNBaseline
 from jode.nn.neural_ode import MLPField
 from jode.ode.explicit import RK4, Tsit5
 from jode_experiments.data.toy import sample_density, spirals
-from jode_experiments.progress import steps
 
 
 def _fit(model, loss_fn, n_iter, lr, key, desc, progress=True, cosine=False):
@@ -31,13 +31,16 @@ def _fit(model, loss_fn, n_iter, lr, key, desc, progress=True, cosine=False):
         updates, state = opt.update(grads, state, eqx.filter(model, eqx.is_array))
         return eqx.apply_updates(model, updates), state, loss
 
-    losses = []
-    start = time.perf_counter()
-    for _ in steps(range(n_iter), desc, progress, mininterval=5):
+    def advance(run):  # one Adam step of (model, state, key, loss at the step's start)
+        model, state, key, _ = run
         key, sub = jr.split(key)
         model, state, loss = step(model, state, sub)
-        losses.append(float(loss))
-    return model, losses, time.perf_counter() - start
+        return model, state, key, loss
+
+    start = time.perf_counter()
+    out = run_chunks(advance, (model, state, key, None), total=n_iter, chunk=1,
+                     loss_of=lambda run: run[3], progress=progress, desc=desc)
+    return out.state[0], out.losses, time.perf_counter() - start
 
 
 # ----------------------------------------------------------------------------- latent ODE

@@ -21,6 +21,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from jode._training import Progress, run_chunks
 from jode_experiments.progress import Stages
 
 NAME = "deq"
@@ -175,16 +176,27 @@ def train_classifier(model, data, *, epochs, batch=64, lr=3e-3, seed=0, desc="tr
     compile_start = time.perf_counter()
     step(params, state, x_train[:batch], y_train[:batch])[2].block_until_ready()
     log["compile_time"] = time.perf_counter() - compile_start
-    for _ in tqdm(range(epochs), desc=desc, leave=False):
+
+    def epoch(run):  # one epoch: (params, state, last loss, last forward steps, seconds)
+        params, state = run[:2]
         perm = rng.permutation(len(x_train))
         start = time.perf_counter()
         for i in range(n_batches):
             idx = perm[i * batch : (i + 1) * batch]
             params, state, loss, fsteps = step(params, state, x_train[idx], y_train[idx])
         loss.block_until_ready()
-        log["epoch_time"].append(time.perf_counter() - start)
-        log["loss"].append(float(loss))
-        log["forward_steps"].append(float(fsteps))
+        return params, state, float(loss), float(fsteps), time.perf_counter() - start
+
+    def record(run, done, taken):
+        log["epoch_time"].append(run[4])
+        log["loss"].append(run[2])
+        log["forward_steps"].append(run[3])
+
+    # Compiled above: no epoch is left out of the bar's rate.
+    bar = Progress(epochs * n_batches, desc, compiled=True)
+    params = run_chunks(epoch, (params, state), total=epochs * n_batches, chunk=n_batches,
+                        loss_of=lambda run: run[2], progress=bar, on_chunk=record).state[0]
+    bar.close()
     model = eqx.combine(params, static)
     log["test_accuracy"], log["test_forward_steps"], log["test_converged"] = evaluate(
         model, x_test, y_test

@@ -158,3 +158,18 @@ def test_rate_and_eta_leave_out_the_compiling_first_chunk(monkeypatch):
     d = bar.bar.format_dict
     assert (d["n"] - d["initial"]) / d["elapsed"] == 10.0
     bar.close()
+
+
+def test_a_step_compiled_ahead_keeps_its_first_chunk_in_the_rate(monkeypatch):
+    import tqdm.std
+
+    now = [1000.0]
+    monkeypatch.setattr(tqdm.std, "time", lambda: now[0])
+    monkeypatch.setattr(training, "_clock", lambda: now[0])
+    bar = Progress(100, "test", compiled=True)
+    for _ in range(4):
+        now[0] += 2.0
+        bar.advance(10)
+    d = bar.bar.format_dict
+    assert (d["n"] - d["initial"]) / d["elapsed"] == 5.0
+    bar.close()
