@@ -230,6 +230,16 @@ def _lbfgs_chunk(theta, state, xs, template, static, problem, weight, chunk):
 
 @eqx.filter_jit
 def _lm_chunk(theta, lam, nu, xs, template, static, problem, weight, chunk):
+    """`chunk` Levenberg-Marquardt steps with Marquardt's scaling and Nielsen's damping
+    update (Madsen, Nielsen & Tingleff 2004, *Methods for Non-Linear Least Squares
+    Problems*, §3.2), carrying the damping λ and its growth factor ν.
+
+    This is jode's own rather than `optimistix.LevenbergMarquardt`: a stage here is a fixed
+    number of steps in scanned chunks whose (θ, λ, ν) carry over between chunks and between
+    calls (`train(..., lm_damping=)` continues a stage where it stopped), while optimistix's
+    solver runs one while loop to its own convergence test and does not expose its damping.
+    """
+
     def residuals(t):
         return _residuals(t, xs, template, static, problem, weight)
 
