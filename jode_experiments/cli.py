@@ -82,7 +82,34 @@ def _replace_folder(new: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def run_target(name: str, module, quick: bool, results: Path) -> dict:
+#: Where `--device auto` runs a target on a machine with an accelerator. Quick runs and the
+#: targets that declare `DEVICE = "cpu"` (one small solve after another: fits, trial
+#: networks, the optimizer paths) go to the host CPU: on an H200 every quick target took
+#: longer than on two CPU cores (solver 56 s, recovery 174 s, trial 39 s, neural-ode > 300 s
+#: vs about 5 minutes for all six), each loop iteration launching its kernels and syncing
+#: its predicate. Full runs of the network targets keep the accelerator.
+DEVICES = ("auto", "cpu", "accelerator")
+
+
+def placement(module, quick: bool, device: str = "auto"):
+    """(context manager, platform name) for running `module` under `--device device`."""
+    import contextlib
+
+    import jax
+
+    default = jax.default_backend()
+    if default == "cpu" or device == "accelerator":
+        return contextlib.nullcontext(), default
+    if device == "cpu" or quick or getattr(module, "DEVICE", None) == "cpu":
+        try:
+            cpu = jax.devices("cpu")[0]
+        except RuntimeError:  # JAX_PLATFORMS without cpu: nothing else to choose
+            return contextlib.nullcontext(), default
+        return jax.default_device(cpu), "cpu"
+    return contextlib.nullcontext(), default
+
+
+def run_target(name: str, module, quick: bool, results: Path, device: str = "auto") -> dict:
     """Run one target into a sibling temporary folder and swap it in when it completes.
 
     An interrupted or failed run leaves `results/NAME` as it was; what it wrote is kept in
@@ -99,8 +126,10 @@ def run_target(name: str, module, quick: bool, results: Path) -> dict:
     print(f"[jode] reproduce {name} ({'quick' if quick else 'full'}) -> {target}", flush=True)
     start = time.perf_counter()
     try:
-        metrics = dict(module.run(work, quick=quick))
-        metrics.update(wall_time_s=time.perf_counter() - start, quick=quick)
+        where, platform = placement(module, quick, device)
+        with where:
+            metrics = dict(module.run(work, quick=quick))
+        metrics.update(wall_time_s=time.perf_counter() - start, quick=quick, platform=platform)
         if quick:
             cannot = getattr(module, "QUICK_CANNOT_MEET", {})
             metrics["quick_cannot_meet"] = [
@@ -122,7 +151,7 @@ def run_target(name: str, module, quick: bool, results: Path) -> dict:
     return metrics
 
 
-def reproduce(names: list[str], quick: bool, results: Path) -> dict:
+def reproduce(names: list[str], quick: bool, results: Path, device: str = "auto") -> dict:
     from jode_experiments import TARGETS
 
     results = Path(results)
@@ -145,7 +174,7 @@ def reproduce(names: list[str], quick: bool, results: Path) -> dict:
     summary = {}
     try:
         for name in names or list(experiments):
-            summary[name] = run_target(name, experiments[name], quick, results)
+            summary[name] = run_target(name, experiments[name], quick, results, device)
     finally:
         # Also after a failed or interrupted target: the summary covers every target
         # folder present, and those that completed are worth a table.
@@ -172,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("names", nargs="*", help="experiments to run (default: all)")
     rep.add_argument("--quick", action="store_true", help="small, fast configurations")
     rep.add_argument("--results", type=Path, default=Path("results"), help="output folder")
+    rep.add_argument(
+        "--device", choices=DEVICES, default="auto",
+        help="auto (default): quick runs and the small-solve targets on the host CPU, full "
+        "network trainings on an accelerator if there is one; cpu: everything on the CPU; "
+        "accelerator: JAX's default device for everything",
+    )
     summ = sub.add_parser("summary", help="(re)write results/summary.md from the metrics.json "
                           "files present, without running anything")
     summ.add_argument("--results", type=Path, default=Path("results"), help="results folder")
@@ -188,13 +223,15 @@ def main(argv: list[str] | None = None) -> int:
         for name, (_, description) in TARGETS.items():
             print(f"{name:16s} {description}")
         return 0
+    if ns.device == "cpu":  # before JAX starts: no accelerator is initialized at all
+        os.environ["JAX_PLATFORMS"] = "cpu"
     import jode
 
     jode.configure_cpu()  # before the first JAX computation: one-kernel solve loops
     if ns.quick:
         os.environ["JODE_QUICK"] = "1"
     try:
-        reproduce(ns.names, ns.quick, ns.results)
+        reproduce(ns.names, ns.quick, ns.results, ns.device)
     except ResultsNotWritableError as exc:
         print(f"jode: {exc}", file=sys.stderr)
         return 2

@@ -40,6 +40,10 @@ from jode.optim.ros2 import Ros2
 from jode_experiments import optim_compare as C
 from jode_experiments.testfunctions import TEST_FUNCTIONS, local_minima_table
 
+#: Small sequential steps, launch-bound on a GPU: `jode reproduce --device auto` runs
+#: this target on the host CPU.
+DEVICE = "cpu"
+
 NAME = "ode-optimizer"
 
 #: Optimizers on the test functions: name -> (kind, fixed settings, the value used without

@@ -28,6 +28,10 @@ from jode_experiments.progress import Stages
 
 from . import recovery_systems as R
 
+#: Small sequential steps, launch-bound on a GPU: `jode reproduce --device auto` runs
+#: this target on the host CPU.
+DEVICE = "cpu"
+
 NAME = "recovery"
 SEEDS = (0, 1, 2, 3, 4)
 #: Acceptance flags the quick configuration cannot meet, and why.

@@ -5,6 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+#: Small sequential steps, launch-bound on a GPU: `jode reproduce --device auto` runs
+#: this target on the host CPU.
+DEVICE = "cpu"
+
 NAME = "solver"
 
 

@@ -19,6 +19,10 @@ import numpy as np
 
 from jode_experiments import trial_baselines, trial_problems
 
+#: Small sequential steps, launch-bound on a GPU: `jode reproduce --device auto` runs
+#: this target on the host CPU.
+DEVICE = "cpu"
+
 NAME = "trial"
 #: Acceptance flags the quick configuration cannot meet, and why.
 QUICK_CANNOT_MEET = {

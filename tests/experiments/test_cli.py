@@ -135,3 +135,26 @@ def test_read_only_results_folder_cli_message(tmp_path, fake_targets, capsys):
             folder.chmod(0o755)
     err = capsys.readouterr().err
     assert str(folder) in err and "--results" in err
+
+
+def test_device_placement(monkeypatch):
+    # On a CPU-only machine everything runs on the CPU whatever the option.
+    import jax
+
+    module = types.ModuleType("fake_gpu_target")
+    assert cli.placement(module, quick=False, device="auto")[1] == "cpu"
+    # With an accelerator as JAX's default: quick runs and small-step targets go to the host
+    # CPU under auto, full network trainings stay on the accelerator, and the options force.
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    small = types.ModuleType("fake_small_target")
+    small.DEVICE = "cpu"
+    assert cli.placement(module, quick=True, device="auto")[1] == "cpu"
+    assert cli.placement(small, quick=False, device="auto")[1] == "cpu"
+    assert cli.placement(module, quick=False, device="auto")[1] == "gpu"
+    assert cli.placement(module, quick=True, device="accelerator")[1] == "gpu"
+    assert cli.placement(module, quick=False, device="cpu")[1] == "cpu"
+    where, platform = cli.placement(small, quick=False, device="auto")
+    with where:
+        assert jax.numpy.zeros(2).devices() == {jax.devices("cpu")[0]}
+    for name in ("solver", "recovery", "trial", "ode-optimizer"):
+        assert getattr(jode_experiments.load(name), "DEVICE", None) == "cpu", name
