@@ -42,8 +42,12 @@ QUICK_CANNOT_MEET = {
 # points than weights (with points ≈ weights/2 the fit interpolates and errors reach 0.7).
 # Weighting its residual by e^(−3x) (≈ the decay of ||Φ(3, x)||, `decay3`) balances the
 # amplified errors; with 30 units, 150 points and a long Levenberg-Marquardt stage it meets
-# 1e-6. A config may set "seed", "weight" (w(x), see `jode.trial.train`) and "steps"
-# (overriding STEPS_FULL / STEPS_QUICK). Measured figures: benchmarks/results/trial.md.
+# 1e-6. Its seed (1) was fixed before it was run over seeds; over seeds 0-4 of this
+# configuration (`python benchmarks/trial_seeds.py --problem ode4`) the errors are
+# 5.1e-7, 5.6e-7, 2.6e-7, 1.9e-6, 4.4e-7: median 5.1e-7 (the target is met for the median),
+# spread 2.6e-7..1.9e-6, seed 3 misses 1e-6 by 1.9x (`ODE4_OVER_SEEDS`). A config may set
+# "seed", "weight" (w(x), see `jode.trial.train`) and "steps" (overriding STEPS_FULL /
+# STEPS_QUICK). Measured figures: benchmarks/results/trial.md.
 
 
 def decay3(x):
@@ -70,6 +74,19 @@ FULL = {
     "pde7": dict(points=12, hidden=20),
     "pde8": dict(points=12, hidden=20),
 }
+#: FULL["ode4"] with only the seed changed, run by benchmarks/trial_seeds.py (5 Dec 2026, the
+#: 2-core box, load 1.4-6); recorded, not recomputed by `jode reproduce trial`, which
+#: reports it beside its own seed's result. Max |ψ_t − ψ_exact| on the 10x finer grid.
+ODE4_OVER_SEEDS = dict(
+    seeds=[0, 1, 2, 3, 4],
+    fine_grid=[5.09e-7, 5.62e-7, 2.57e-7, 1.88e-6, 4.45e-7],
+    median_fine_grid=5.09e-7,
+    min_fine_grid=2.57e-7,
+    max_fine_grid=1.88e-6,
+    seeds_le_1e_6=4,
+    source="benchmarks/results/trial.md, 'Problem 4 over seeds' "
+    "(python benchmarks/trial_seeds.py --problem ode4 --seeds 0 1 2 3 4)",
+)
 QUICK = {"ode2": dict(points=20, hidden=10), "pde7": dict(points=10, hidden=10)}
 STEPS_FULL = dict(adam_steps=2000, lbfgs_steps=500, lm_steps=5000)
 #: Quick mode leaves L-BFGS out: its compilation (a line search around the network's
@@ -207,7 +224,8 @@ def run(out_dir: Path, quick: bool) -> dict:
         base = baseline_errors(pp, cfg["points"])
         results[name] = dict(problem=pp, solution=sol, config=cfg)
         rows[name] = dict(metrics, baseline=base, points=cfg["points"], hidden=cfg["hidden"],
-                          loss=report.loss, time_s=report.time_s, report=report.as_dict())
+                          seed=cfg.get("seed", 0), loss=report.loss, time_s=report.time_s,
+                          report=report.as_dict())
     _plot_odes(results, out_dir, quick)
     _plot_pdes(results, out_dir, quick)
     table = format_table(rows)
@@ -217,9 +235,14 @@ def run(out_dir: Path, quick: bool) -> dict:
     pde_ok = all(r["fine_grid"] <= 1e-5 for n, r in rows.items() if n.startswith("pde"))
     beats = all(r["fine_grid"] < min(r["baseline"]["euler"], r["baseline"]["rk4"])
                 for r in rows.values() if "rk4" in r["baseline"])
-    return {
-        "problems": rows,
-        "acceptance": {"odes_fine_le_1e-6": ode_ok, "pdes_fine_le_1e-5": pde_ok,
-                       "beats_euler_rk4_on_ivps": beats},
-        "steps": steps,
-    }
+    acceptance = {"odes_fine_le_1e-6": ode_ok, "pdes_fine_le_1e-5": pde_ok,
+                  "beats_euler_rk4_on_ivps": beats}
+    if "ode4" in rows and configs["ode4"] == FULL["ode4"]:
+        # This run is one seed; the acceptance of Problem 4 is the median over 5 seeds of the
+        # same configuration, recorded (not recomputed here) beside it.
+        rows["ode4"]["over_seeds"] = dict(
+            ODE4_OVER_SEEDS, note=f"this run is seed {rows['ode4']['seed']}; over_seeds is "
+            "a recorded run of the same configuration with seeds 0-4")
+        acceptance["ode4_median_over_seeds_le_1e-6"] = (
+            ODE4_OVER_SEEDS["median_fine_grid"] <= 1e-6)
+    return {"problems": rows, "acceptance": acceptance, "steps": steps}

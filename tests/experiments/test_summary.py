@@ -220,3 +220,45 @@ def test_real_quick_solver_target(tmp_path):
         assert value != MISSING, label
         assert status == "met", (label, value, status)
     assert "quick configuration" in text
+
+
+def test_trial_reports_problem_4_over_seeds_beside_its_seed(tmp_path, monkeypatch):
+    """A full `jode reproduce trial` keeps its own seed's Problem 4 error and adds the
+    recorded median over seeds 0-4, which the summary judges against 1e-6."""
+    import statistics
+
+    from jode_experiments import trial
+
+    over = trial.ODE4_OVER_SEEDS
+    assert over["seeds"] == [0, 1, 2, 3, 4] and len(over["fine_grid"]) == 5
+    assert over["median_fine_grid"] == statistics.median(over["fine_grid"])
+    assert (over["min_fine_grid"], over["max_fine_grid"]) == (min(over["fine_grid"]),
+                                                              max(over["fine_grid"]))
+    assert over["seeds_le_1e_6"] == sum(e <= 1e-6 for e in over["fine_grid"])
+
+    class Report:  # what trial.run reads of a TrainReport
+        loss, time_s = 1e-18, 1.0
+
+        def as_dict(self):
+            return {}
+
+    def fake_train_one(pp, config, steps):
+        return None, Report(), dict(train_grid=7e-7, fine_grid=7e-7, outside=1e-4,
+                                    conditions=0.0)
+
+    monkeypatch.setattr(trial, "FULL", {"ode4": trial.FULL["ode4"]})
+    monkeypatch.setattr(trial, "train_one", fake_train_one)
+    monkeypatch.setattr(trial, "baseline_errors", lambda pp, n: {"euler": 7.0, "rk4": 6e-6})
+    monkeypatch.setattr(trial, "_plot_odes", lambda *a: None)
+    monkeypatch.setattr(trial, "_plot_pdes", lambda *a: None)
+    metrics = trial.run(tmp_path, quick=False)
+    ode4 = metrics["problems"]["ode4"]
+    assert ode4["fine_grid"] == 7e-7 and ode4["seed"] == trial.FULL["ode4"]["seed"]
+    assert ode4["over_seeds"]["median_fine_grid"] == over["median_fine_grid"]
+    assert "trial.md" in ode4["over_seeds"]["source"]
+    assert metrics["acceptance"]["ode4_median_over_seeds_le_1e-6"] is True
+
+    _write(tmp_path, "trial", dict(metrics, quick=False))
+    rows = _table(render(tmp_path), "trial")
+    assert rows["Problem 4: median over seeds 0-4 of the same error (recorded run)"] == (
+        "5.09e-07", "≤ 1.00e-06", "met")
