@@ -21,6 +21,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from jode import RESULTS
 from jode._training import Progress, run_chunks
 from jode_experiments.progress import Stages
 
@@ -159,7 +160,9 @@ def evaluate(model, x, y):
     logits, stats = _predict(model, x)
     acc = float(jnp.mean(jnp.argmax(logits, -1) == y))
     steps = float(np.mean(np.asarray(stats.steps))) if stats is not None else 0.0
-    converged = float(np.mean(np.asarray(stats.status) == 0)) if stats is not None else 1.0
+    converged = (
+        float(np.mean(np.asarray(stats.status) == RESULTS.CONVERGED)) if stats is not None else 1.0
+    )
     return acc, steps, converged
 
 
@@ -388,6 +391,6 @@ def run(out_dir: Path, quick: bool) -> dict:
     memory_figure(budgets, [mem[b] for b in budgets], out_dir, quick)
     stage.end()
     metrics["cos_target_met"] = bool(
-        all(r["error"] <= 1e-12 and r["status"] == 0 for r in rows.values())
+        all(r["error"] <= 1e-12 and r["status"] == RESULTS.CONVERGED for r in rows.values())
     )
     return metrics
