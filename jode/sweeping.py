@@ -39,11 +39,14 @@ lanes run in parallel. Either way the inner solves are capped (`with_step_budget
 the steps of the starts' own solves, so a trial point's solve fails fast.
 
 Compiling the one-lane program (64 starts per call, Lotka-Volterra, L-BFGS with the zoom
-line search) took 20.5 CPU seconds: tracing 2.2, lowering to StableHLO 0.7, XLA 17.6; with
-the backtracking line search (`LBFGS(linesearch="backtracking")`) 14.6 (1.8, 0.4, 12.3).
-The step cap does not change it (21.1 at max_steps 16384). One program serves every block
-and every later sweep of the same model, stages and step budget (a power of two, so few
-values occur); the block is fixed at 64 starts, so the batch size does not recompile.
+line search) takes 6.0 CPU seconds: tracing 1.05, lowering to StableHLO 0.2, XLA 4.8; with
+the backtracking line search (`LBFGS(linesearch="backtracking")`) 4.0 (0.7, 0.2, 3.2)
+(`benchmarks/fit_compile.py --what sweep`). It was 13.3 (8.8 backtracking) while the
+stages took the gradient of the solve in reverse mode and the L-BFGS step evaluated the
+loss at its start as well as in its line search (see `jode.fitting.stages.objective`).
+One program serves every block and every later sweep of the same model, stages and step
+budget (a power of two, so few values occur); the block is fixed at 64 starts, so the
+batch size does not recompile.
 
 Example:
     >>> thetas = jode.sweeping.grid(alpha=jnp.linspace(1, 2, 32), beta=jnp.linspace(0.5, 1.5, 32))

@@ -28,9 +28,28 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
+from ..ode.adjoint import DirectAdjoint, ForwardMode
 from ..ode.solve import solve
 
 _LOG_FLOOR = 1e-12
+#: Fits differentiate a loss of at most this many parameters in forward mode (see
+#: `TrajectoryLoss.gradient_mode`).
+FORWARD_GRADIENT_MAX_PARAMS = 16
+
+
+def _forward_differentiable(options: dict) -> bool:
+    """Whether a solve with these options can be differentiated in forward mode (jode's
+    backend with the direct adjoint or forward mode: both run the plain loop under jvp)."""
+    adjoint = options.get("adjoint")
+    return options.get("backend", "jode") == "jode" and (
+        adjoint is None or isinstance(adjoint, DirectAdjoint | ForwardMode))
+
+
+def _gradient_mode(options: dict, params) -> str:
+    size = sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(params))
+    if _forward_differentiable(options) and size <= FORWARD_GRADIENT_MAX_PARAMS:
+        return "forward"
+    return "reverse"
 
 
 def _as_float_array(name, x, ndim=None):
@@ -253,6 +272,21 @@ class TrajectoryLoss(eqx.Module):
         pred = self.predict(theta, t_freeze=self.freeze_time(t_end))
         return self.masked_mean(self._residual_matrix(pred), t_end)
 
+    def gradient_mode(self, params) -> str:
+        """How a fit's optimizer differentiates this loss at parameters shaped like
+        `params`: "forward" (one tangent per parameter carried through the solve, `jvp`)
+        for at most `FORWARD_GRADIENT_MAX_PARAMS` parameters and a solve that forward mode
+        runs through (jode's backend, the direct adjoint or `ForwardMode`), else "reverse".
+
+        Both give the gradient of the same discretized solve (to rounding). For a few
+        parameters forward mode runs as fast (Lotka-Volterra, 6 parameters: 0.23 vs 0.24 ms
+        for value and gradient) and compiles in half the time: one loop where reverse mode
+        compiles the primal loop, the checkpointed one and its backward pass (XLA 1.2 vs
+        2.5 CPU-s), and an L-BFGS step compiles it twice (the zoom line search's two
+        evaluation sites).
+        """
+        return _gradient_mode(self.options(), params)
+
     # --- the interface every fit phase uses: params <-> θ ---------------------------
     def init(self, theta):
         return theta
@@ -402,6 +436,10 @@ class MultipleShootingLoss(eqx.Module):
 
     def extract(self, params):
         return params["theta"]
+
+    def gradient_mode(self, params) -> str:
+        """As `TrajectoryLoss.gradient_mode`, counting the segments' start states."""
+        return _gradient_mode(self.base.options(), params)
 
     def __call__(self, params, t_end=None):
         base = self.base

@@ -19,6 +19,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
+from jax.flatten_util import ravel_pytree
 
 from .._results import RESULTS
 
@@ -125,12 +126,23 @@ def _init_opt(stage, params):
 
 
 def init_state(loss, stage, params, aux) -> StageState:
-    """The state before the first iteration (evaluates the loss once)."""
+    """The state before the first iteration: evaluates the loss once (with its gradient for
+    a line-search stage, stored in the optimizer's state for its first step)."""
     dtype = jax.tree.leaves(params)[0].dtype
-    value = loss(params, aux)
+    opt_state = _init_opt(stage, params)
+    if stage.uses_line_search:
+        # The first step's value and gradient: evaluated here, where the loss is evaluated
+        # anyway, so that the step (`stage_step`) holds no evaluation of its own besides the
+        # line search's. The program of a step compiles one solve-and-gradient fewer.
+        with jax.numpy_dtype_promotion("standard"):
+            value, grad = jax.value_and_grad(objective(loss, params, aux))(params)
+            stored = optax.tree.set(opt_state, value=value, grad=grad)
+            opt_state = optax.tree.cast_like(stored, other_tree=opt_state)
+    else:
+        value = loss(params, aux)
     return StageState(
         params=params,
-        opt_state=_init_opt(stage, params),
+        opt_state=opt_state,
         value=jnp.asarray(value, dtype),
         grad_norm=jnp.asarray(jnp.inf, dtype),
         step=jnp.zeros((), jnp.int32),
@@ -138,14 +150,56 @@ def init_state(loss, stage, params, aux) -> StageState:
     )
 
 
+def _forward_gradient(fn):
+    """`fn` (params -> scalar) whose reverse-mode derivative (`jax.grad`, the line
+    searches' `jax.value_and_grad`) is computed in forward mode: one `jvp` per parameter,
+    `vmap`ped, so the solve inside is one loop carrying the tangents."""
+
+    @jax.custom_vjp
+    def value(params):
+        return fn(params)
+
+    def value_fwd(params):
+        flat, unravel = ravel_pytree(params)
+
+        def flat_fn(v):
+            return fn(unravel(v))
+
+        basis = jnp.eye(flat.shape[0], dtype=flat.dtype)
+        values, slopes = jax.vmap(lambda e: jax.jvp(flat_fn, (flat,), (e,)))(basis)
+        return values[0], unravel(slopes.astype(flat.dtype))
+
+    def value_bwd(grad, cotangent):
+        return (jax.tree.map(lambda g: (cotangent * g).astype(g.dtype), grad),)
+
+    value.defvjp(value_fwd, value_bwd)
+    return value
+
+
+def objective(loss, params, aux):
+    """params -> loss(params, aux), the function a stage minimizes: differentiated in the
+    mode the loss asks for (`gradient_mode`: forward for a few parameters of a solve, which
+    halves what the optimizer's step compiles; reverse otherwise)."""
+    fn = lambda p: loss(p, aux)  # noqa: E731
+    mode = getattr(loss, "gradient_mode", None)
+    if mode is not None and mode(params) == "forward":
+        return _forward_gradient(fn)
+    return fn
+
+
 def stage_step(loss, stage, state: StageState, aux) -> StageState:
     """One iteration; a finished state (status != RUNNING) is returned unchanged."""
     opt = stage.optimizer()
-    fn = lambda p: loss(p, aux)  # noqa: E731
+    fn = objective(loss, state.params, aux)
     # optax's L-BFGS mixes int32 and int64 counters: let it promote as numpy does.
     with jax.numpy_dtype_promotion("standard"):
         if stage.uses_line_search:
-            value, grad = optax.value_and_grad_from_state(fn)(state.params, state=state.opt_state)
+            # The value and gradient at the current parameters, stored by `init_state` or by
+            # the previous step's line search (which evaluated them there). A non-finite
+            # stored value ends the stage as NONFINITE below, as the re-evaluation that
+            # optax's `value_and_grad_from_state` would make at the same point does.
+            value = optax.tree.get(state.opt_state, "value")
+            grad = optax.tree.get(state.opt_state, "grad")
             updates, opt_state = opt.update(
                 grad, state.opt_state, state.params, value=value, grad=grad, value_fn=fn
             )
