@@ -51,14 +51,15 @@ def test_ude_learns_the_interaction_terms_on_a_short_window():
 
 @pytest.mark.slow
 def test_ude_quick_recipe_learns_the_interaction_terms():
-    """`jode reproduce recovery --quick`'s UDE (t ≤ 3, three windows of L-BFGS): the learned
-    terms within 2% (relative L2) and 3% (relative max) of −βxy, γxy; measured 0.81% and
-    0.63% (worst term)."""
+    """`jode reproduce recovery --quick`'s UDE (t ≤ 3, windows 0.5 and 1 of the span × 300
+    L-BFGS steps): the learned terms within 6% (relative L2) and 8% (relative max) of −βxy,
+    γxy; measured 4.5% and 5.1% (worst term). The full recipe's terms are within 0.3%
+    (benchmarks/RESULTS.md, universal differential equation)."""
     from jode_experiments.recovery_ude import QUICK
 
     err = _ude_errors(QUICK)
-    assert max(err["rel_l2"]) < 0.02, err
-    assert max(err["rel_max"]) < 0.03, err
+    assert max(err["rel_l2"]) < 0.06, err
+    assert max(err["rel_max"]) < 0.08, err
 
 
 @pytest.mark.slow
