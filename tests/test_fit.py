@@ -19,7 +19,7 @@ import jode
 import jode.models
 from jode import fitting as F
 from jode.fitting import checkpoint as ckpt
-from jode.fitting.uncertainty import _residuals as residuals_jit
+from jode.fitting.uncertainty import residuals_and_jacobian
 
 
 # --- a problem with a closed form: logistic growth dy/dt = r y (1 − y/K) ------------------
@@ -72,7 +72,10 @@ def test_jacobian_matches_finite_differences(logistic_result):
     loss = logistic_loss()
     theta = jnp.asarray(logistic_result.params)
     J = np.asarray(F.jacobian(loss, theta))
-    res = residuals_jit
+    res = jax.jit(lambda loss, theta: loss.residuals(theta))
+    r, J_too = residuals_and_jacobian(loss, theta)
+    np.testing.assert_allclose(np.asarray(r), np.asarray(res(loss, theta)), rtol=1e-14, atol=1e-14)
+    np.testing.assert_array_equal(np.asarray(J_too), J)
     fd = np.empty_like(J)
     for k in range(3):
         h = 1e-6 * max(1.0, abs(float(theta[k])))

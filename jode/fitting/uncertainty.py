@@ -61,23 +61,25 @@ class Uncertainty(NamedTuple):
 
 
 @jax.jit
-def jacobian(loss, theta):
-    """J = ∂r/∂θ of the loss's residual vector at θ (forward mode), shape (N, p)."""
+def residuals_and_jacobian(loss, theta):
+    """(r, J): the loss's residual vector at θ and J = ∂r/∂θ (forward mode), shapes (N,) and
+    (N, p), from one compiled program."""
     flat, unravel = ravel_pytree(theta)
 
     def res(v):
         return loss.residuals(unravel(v), adjoint=ForwardMode())
 
     # One tangent solve per parameter, in sequence (lax.map of jvp rather than jacfwd's vmap:
-    # p solves of a few states each, and no batching rules needed inside the solver).
+    # p solves of a few states each, and no batching rules needed inside the solver). Every
+    # column's primal is r; the first is kept.
     basis = jnp.eye(flat.shape[0], dtype=flat.dtype)
-    columns = jax.lax.map(lambda e: jax.jvp(res, (flat,), (e,))[1], basis)
-    return columns.T
+    primals, columns = jax.lax.map(lambda e: jax.jvp(res, (flat,), (e,)), basis)
+    return primals[0], columns.T
 
 
-@jax.jit
-def _residuals(loss, theta):
-    return loss.residuals(theta)
+def jacobian(loss, theta):
+    """J = ∂r/∂θ of the loss's residual vector at θ (forward mode), shape (N, p)."""
+    return residuals_and_jacobian(loss, theta)[1]
 
 
 def gauss_newton(loss, theta) -> Uncertainty:
@@ -93,8 +95,7 @@ def gauss_newton(loss, theta) -> Uncertainty:
     """
     if hasattr(loss, "log_prior"):
         return laplace(loss, theta)
-    r = np.asarray(_residuals(loss, theta))
-    J = np.asarray(jacobian(loss, theta))
+    r, J = (np.asarray(x) for x in residuals_and_jacobian(loss, theta))
     keep = np.asarray(loss.weights).reshape(-1) > 0
     r, J = r[keep], J[keep]
     n, p = J.shape
